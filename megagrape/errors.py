@@ -1,0 +1,9 @@
+"""Exception types for input the user can fix; every message names the file/field and the fix."""
+
+
+class ConfigError(ValueError):
+    """A run-config field (or DeepSpeed config field) has a value that cannot work."""
+
+
+class DataError(ValueError):
+    """A data file, domain, tokenizer or target cannot be used as given."""
