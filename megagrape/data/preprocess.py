@@ -147,6 +147,7 @@ def preprocess_file(
         counts = previous["counts"]
         return FileStats(**{**counts, "seconds": 0.0, "reused": True})
 
+    prefix.parent.mkdir(parents=True, exist_ok=True)
     _remove_outputs(prefix)
     if encoder is None:
         with EncoderPool(tokenizer, workers=1) as own_encoder:
