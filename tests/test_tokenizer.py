@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import pickle
+import random
 
 import pytest
 import tokenizers
@@ -15,6 +16,7 @@ from megagrape.data.tokenizer import (
     GPT2_EOD,
     GPT2_TIKTOKEN_SHA256,
     GPT2_VOCAB_SIZE,
+    HFTokenizer,
     TiktokenTokenizer,
     Tokenizer,
     check_vocab_fits,
@@ -24,7 +26,7 @@ from megagrape.data.tokenizer import (
     train_bpe,
 )
 from megagrape.errors import DataError
-from tests.data_utils import write_domains
+from tests.data_utils import synthetic_texts, write_domains
 
 SAMPLES = [
     "The river was cold in winter.",
@@ -60,6 +62,48 @@ def test_trained_bpe_round_trips_and_has_eod(bpe):
 def test_trained_bpe_compresses_the_training_text(bpe):
     text = "the river and the mountain of the city"
     assert len(bpe.encode(text)) < len(text.encode()) / 2
+
+
+def odd_texts(count: int, seed: int) -> list[str]:
+    """Strings mixing words, digits, punctuation, whitespace runs and non-ASCII characters."""
+    rng = random.Random(seed)
+    pieces = [
+        "the",
+        " river",
+        "  ",
+        "\n\n",
+        "\t",
+        "42",
+        "3.14",
+        "'s",
+        "'ll",
+        "!?",
+        "—",
+        "数据",
+        "é",
+        "🙂",
+        "x" * 30,
+    ]
+    return ["".join(rng.choice(pieces) for _ in range(rng.randint(1, 40))) for _ in range(count)]
+
+
+def test_trained_bpe_encodes_through_tiktoken_identically(bpe):
+    assert bpe.engine == "tiktoken"
+    reference = HFTokenizer(
+        tokenizers.Tokenizer.from_str(bpe._backend.to_str()), "ref", bpe.eod, fast=False
+    )
+    assert reference.engine == "tokenizers"
+    texts = SAMPLES + synthetic_texts(100, seed=9) + odd_texts(300, seed=3)
+    assert bpe.encode_batch(texts) == reference.encode_batch(texts)
+    assert pickle.loads(pickle.dumps(reference)).engine == "tokenizers"
+
+
+def test_tokenizers_that_are_not_plain_byte_level_bpe_keep_their_engine(bpe):
+    backend = tokenizers.Tokenizer.from_str(bpe._backend.to_str())
+    backend.normalizer = tokenizers.normalizers.Lowercase()
+    lowered = HFTokenizer(backend, "lower", bpe.eod)
+    assert lowered.engine == "tokenizers"
+    assert lowered.encode("The RIVER") == bpe.encode("the river")
 
 
 def test_literal_end_of_text_in_a_document_is_not_the_eod_id(bpe):
