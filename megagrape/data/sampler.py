@@ -93,7 +93,7 @@ def validate_weights(weights, names: Sequence[str], what: str = "mixture weights
     for index, (name, value) in enumerate(zip(names, values)):
         if not math.isfinite(value) or value < 0:
             raise DataError(
-                f"{what}: the weight of domain '{name}' (index {index}) is {value!r}; every "
+                f"{what}: the weight of domain '{name}' (index {index}) is {float(value)!r}; every "
                 "weight must be a finite number >= 0 (use 0 to leave a domain out)"
             )
     total = math.fsum(values)
