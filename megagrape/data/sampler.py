@@ -531,21 +531,29 @@ class MixtureSampler:
             self._frontier = chunk.end
 
     def _truncate(self, at: int) -> None:
-        """Discard built samples from ``at`` on (``at`` >= consumed, so those are live)."""
+        """Discard built samples from ``at`` on (``at`` >= consumed, so those are live).
+
+        The counts at ``at`` are the counts at the end of its chunk minus the discarded part of
+        that chunk, so the cost is proportional to the samples discarded.
+        """
         if at >= self._frontier:
             return
         k = bisect.bisect_right(self._chunk_starts, at) - 1
         chunk = self._chunks[k]
+        end_counts = (
+            self._chunks[k + 1].counts_at_start
+            if k + 1 < len(self._chunks)
+            else self._frontier_counts
+        )
+        discarded = chunk.domain_ids[at - chunk.start : chunk.length]
+        self._frontier_counts = end_counts - np.bincount(discarded, minlength=self.num_domains)
         del self._chunks[k + 1 :]
         del self._chunk_starts[k + 1 :]
         if chunk.start == at:
             del self._chunks[k]
             del self._chunk_starts[k]
-            self._frontier_counts = chunk.counts_at_start.copy()
         else:
             chunk.length = at - chunk.start
-            built = np.bincount(chunk.domain_ids[: chunk.length], minlength=self.num_domains)
-            self._frontier_counts = chunk.counts_at_start + built
         self._frontier = at
         self._first_live_chunk = min(self._first_live_chunk, len(self._chunks))
 
