@@ -49,7 +49,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=Path(os.environ.get("MEGAGRAPE_CACHE", Path.home() / ".cache" / "megagrape")),
         help="download cache for the GPT-2 tokenizer (default: $MEGAGRAPE_CACHE or ~/.cache/megagrape)",
     )  # fmt: skip
-    parser.add_argument("--workers", type=int, default=max(1, os.cpu_count() or 1))
+    parser.add_argument(
+        "--workers", type=int, default=max(1, os.cpu_count() or 1),
+        help="tokenizing processes (default: one per CPU); 1 tokenizes in this process",
+    )  # fmt: skip
     parser.add_argument("--json-key", default="text", help="the field holding the text")
     parser.add_argument(
         "--skip-bad-lines", action="store_true",
