@@ -334,8 +334,8 @@ def _micro_batches(cfg: ModelConfig) -> list[dict[str, torch.Tensor]]:
     return [{key: value[i : i + 2] for key, value in batch.items()} for i in (0, 2)]
 
 
-def _pp1_reference(env, cfg: ModelConfig) -> dict:
-    engine = make_engine(build_model(cfg, env), ds_config(micro_batch=2, accumulation=2))
+def _pp1_reference(env, cfg: ModelConfig, clip: float) -> dict:
+    engine = make_engine(build_model(cfg, env), ds_config(micro_batch=2, accumulation=2, clip=clip))
     micro = _micro_batches(cfg)
     first_token_losses, step_losses = None, []
     for _ in range(STEPS):
@@ -353,14 +353,16 @@ def _pp1_reference(env, cfg: ModelConfig) -> dict:
     return {"first_token_losses": first_token_losses.numpy(), "step_losses": step_losses}
 
 
-def _pp2_worker(rank: int, world_size: int, model_kwargs: dict):
+def _pp2_worker(rank: int, world_size: int, model_kwargs: dict, tp: int, clip: float):
     from megagrape import parallel
     from megagrape.model import pipeline_batch, pipeline_loss_fn
 
-    env = parallel.init_distributed(ParallelConfig(pipeline_parallel=2), seed=SEED)
+    env = parallel.init_distributed(
+        ParallelConfig(tensor_parallel=tp, pipeline_parallel=2), seed=SEED
+    )
     cfg = ModelConfig(**model_kwargs)
     engine = make_engine(
-        build_model(cfg, env), ds_config(micro_batch=2, accumulation=2, zero_stage=1)
+        build_model(cfg, env), ds_config(micro_batch=2, accumulation=2, zero_stage=1, clip=clip)
     )
     loss_fn = pipeline_loss_fn(engine)
     loss_fn.record_token_losses = True
@@ -385,11 +387,14 @@ def _pp2_worker(rank: int, world_size: int, model_kwargs: dict):
     }
 
 
-def _check_pipeline(env, model_kwargs: dict) -> None:
+def _check_pipeline(env, model_kwargs: dict, tp: int = 1, clip: float = 0.0) -> None:
     cfg = ModelConfig(**model_kwargs)
-    reference = _pp1_reference(env, cfg)
-    first, last = run_distributed(_pp2_worker, world_size=2, args=(model_kwargs,))
-    assert first["step_losses"] == last["step_losses"]  # broadcast to every stage
+    reference = _pp1_reference(env, cfg, clip)
+    results = run_distributed(
+        _pp2_worker, world_size=2 * tp, args=(model_kwargs, tp, clip), timeout_s=900
+    )
+    first, last = results[0], results[-1]  # global rank 0 is on stage 0, the last on stage 1
+    assert all(r["step_losses"] == first["step_losses"] for r in results)  # broadcast
     losses = last["step_losses"]
     assert losses[0] == pytest.approx(reference["step_losses"][0], abs=1e-5)
     assert losses == pytest.approx(reference["step_losses"], abs=2e-3)
@@ -397,13 +402,20 @@ def _check_pipeline(env, model_kwargs: dict) -> None:
     assert first["recorded"] == [] and len(last["recorded"]) == 2 * STEPS
     gap = np.abs(last["recorded"][0] - reference["first_token_losses"]).max()
     assert gap < 1e-5
-    if cfg.tie_embeddings:
-        assert np.array_equal(first["tied_weight"], last["tied_weight"])
-        assert first["replicated_flags"] == [False] and last["replicated_flags"] == [False, True]
+    if cfg.tie_embeddings:  # rank tp_rank + tp * stage: compare each TP shard's two copies
+        for stage0, stage1 in zip(results[:tp], results[tp:]):
+            assert np.array_equal(stage0["tied_weight"], stage1["tied_weight"])
+            assert stage0["replicated_flags"] == [False]
+            assert stage1["replicated_flags"] == [False, True]
 
 
 def test_pipeline_matches_single_stage_and_trains(env):
     _check_pipeline(env, TINY)
+
+
+@pytest.mark.slow
+def test_tensor_and_pipeline_parallel_together_with_clipping(env):
+    _check_pipeline(env, TINY, tp=2, clip=0.05)  # 4 processes: TP=2 x PP=2
 
 
 @pytest.mark.slow
