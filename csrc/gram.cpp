@@ -1,3 +1,386 @@
+// Fused sharded Gram: G[k, n] = sum_j <a[k][j], b[n][j]> over slots j, all K x N products
+// produced in one pass over the K + N vectors (memory-bound by design).
+//
+// CPU algorithm. Every slot is cut into work items of kItemElements elements; an item is
+// processed by one thread and writes its own row of fp64 partials, and the rows are summed
+// in item order at the end, so the result is bit-identical for any thread count. Inside an
+// item, blocks of kBlockElements elements are summed in fp32 (8 lanes, FMA on AVX2) and each
+// block's sums are added in fp64. A block of all K + N vectors stays in L1/L2 while register
+// tiles of kTileK x kTileN products sweep it, so each element comes from memory once.
+// bfloat16 blocks are widened to fp32 into a per-thread scratch first.
 #include "gram.h"
 
-void register_gram(pybind11::module_& m) {}
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <array>
+#include <cstdint>
+#include <cstring>
+#include <map>
+#include <utility>
+#include <vector>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#define MEGAGRAPE_GRAM_X86 1
+#endif
+
+#ifdef MEGAGRAPE_WITH_CUDA
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include "gram_cuda.h"
+#endif
+
+namespace {
+
+constexpr int64_t kItemElements = 32768;  // elements per work item (one partial row each)
+constexpr int64_t kBlockElements = 512;   // elements summed in fp32 before the fp64 add
+constexpr int kTileK = 4;                 // a-vectors per register tile
+constexpr int kTileN = 3;                 // b-vectors per register tile
+
+// Validated inputs: vectors deduplicated by (dtype, data pointers), so `b is a` or a vector
+// listed twice is read once.
+struct GramLayout {
+  int64_t K = 0;
+  int64_t N = 0;
+  int64_t P = 0;
+  int64_t U = 0;
+  std::vector<int64_t> slot_numel;  // [P]
+  std::vector<int64_t> a_vec;       // [K] unique index of a[k]
+  std::vector<int64_t> b_vec;       // [N] unique index of b[n]
+  std::vector<const void*> ptrs;    // [U, P] data pointer of unique vector u in slot j
+  std::vector<char> is_bf16;        // [U]
+  c10::Device device = c10::Device(c10::kCPU);
+};
+
+struct WorkItem {
+  int64_t slot;
+  int64_t start;
+  int64_t len;
+};
+
+using VectorList = std::vector<std::vector<at::Tensor>>;
+
+using VectorKey = std::pair<bool, std::vector<const void*>>;  // (is bf16, slot pointers)
+
+// Checks one side (a or b) against the slot layout of the first vector seen (the
+// reference, `ref_side`[0]) and appends its unique-vector indices to `vec_index`. Error
+// messages name the vector and slot as they are indexed in Python.
+void add_side(const VectorList& side, const char* name, const char*& ref_side, GramLayout& L,
+              std::map<VectorKey, int64_t>& seen, std::vector<int64_t>& vec_index) {
+  for (size_t v = 0; v < side.size(); ++v) {
+    const auto& slots = side[v];
+    if (ref_side == nullptr) {
+      ref_side = name;
+      L.P = static_cast<int64_t>(slots.size());
+      for (const auto& t : slots) L.slot_numel.push_back(t.numel());
+      if (!slots.empty()) L.device = slots[0].device();
+    }
+    TORCH_CHECK_VALUE(static_cast<int64_t>(slots.size()) == L.P, "gram: ", name, "[", v,
+                      "] has ", slots.size(), " slots, but ", ref_side, "[0] has ", L.P,
+                      " (every vector must list the same slots, in the same order)");
+    bool bf16 = false;
+    std::vector<const void*> ptrs(slots.size());
+    for (size_t j = 0; j < slots.size(); ++j) {
+      const at::Tensor& t = slots[j];
+      TORCH_CHECK_VALUE(t.layout() == at::kStrided, "gram: ", name, "[", v, "][", j,
+                        "] is not a dense tensor; pass t.to_dense()");
+      TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16,
+                       "gram: ", name, "[", v, "][", j, "] has dtype ", t.scalar_type(),
+                       "; supported: Float (float32) and BFloat16");
+      TORCH_CHECK_VALUE(t.device() == L.device, "gram: ", name, "[", v, "][", j, "] is on ",
+                        t.device(), ", but ", ref_side, "[0][0] is on ", L.device,
+                        " (all tensors must be on one device)");
+      TORCH_CHECK_VALUE(t.numel() == L.slot_numel[j], "gram: ", name, "[", v, "][", j,
+                        "] has ", t.numel(), " elements, but ", ref_side, "[0][", j, "] has ",
+                        L.slot_numel[j], " (slot ", j, " must have the same size in every vector)");
+      TORCH_CHECK_VALUE(t.is_contiguous(), "gram: ", name, "[", v, "][", j,
+                        "] is not contiguous; pass t.contiguous()");
+      const bool t_bf16 = t.scalar_type() == at::kBFloat16;
+      TORCH_CHECK_TYPE(j == 0 || t_bf16 == bf16, "gram: ", name, "[", v, "][", j,
+                       "] has dtype ", t.scalar_type(), ", but ", name, "[", v,
+                       "][0] has another (one vector keeps one dtype in all its slots)");
+      bf16 = t_bf16;
+      ptrs[j] = t.numel() > 0 ? t.data_ptr() : nullptr;
+    }
+    VectorKey key(bf16, std::move(ptrs));
+    auto found = seen.find(key);
+    if (found == seen.end()) {
+      L.is_bf16.push_back(bf16 ? 1 : 0);
+      L.ptrs.insert(L.ptrs.end(), key.second.begin(), key.second.end());
+      found = seen.emplace(std::move(key), L.U++).first;
+    }
+    vec_index.push_back(found->second);
+  }
+}
+
+GramLayout validate(const VectorList& a, const VectorList& b) {
+  GramLayout L;
+  L.K = static_cast<int64_t>(a.size());
+  L.N = static_cast<int64_t>(b.size());
+  const char* ref_side = nullptr;
+  std::map<VectorKey, int64_t> seen;
+  add_side(a, "a", ref_side, L, seen, L.a_vec);
+  add_side(b, "b", ref_side, L, seen, L.b_vec);
+  return L;
+}
+
+std::vector<WorkItem> cut_items(const GramLayout& L, int64_t item_elements) {
+  std::vector<WorkItem> items;
+  for (int64_t j = 0; j < L.P; ++j)
+    for (int64_t start = 0; start < L.slot_numel[j]; start += item_elements)
+      items.push_back({j, start, std::min(item_elements, L.slot_numel[j] - start)});
+  return items;
+}
+
+// ---------------------------------------------------------------------------------------
+// Register tiles: out[k * ld + n] += sum_i a[k][i] * b[n][i] for k < KT, n < NT, i < len.
+// fp32 lane sums over the lane-aligned part; the lanes and the tail are then added in fp64
+// in a fixed order.
+using TileFn = void (*)(const float* const* a, const float* const* b, int64_t len, double* out,
+                        int64_t ld);
+
+// Portable loops: 4 lanes (SSE2 / NEON width), fully unrolled over the tile so that the
+// KT * NT accumulators live in registers.
+template <int KT, int NT>
+struct TilePortable {
+  static constexpr int kLanes = 4;
+  static void run(const float* const* a, const float* const* b, int64_t len, double* out,
+                  int64_t ld) {
+    float acc[KT][NT][kLanes] = {};
+    int64_t i = 0;
+    for (; i + kLanes <= len; i += kLanes) {
+#pragma GCC unroll 16
+      for (int k = 0; k < KT; ++k)
+#pragma GCC unroll 16
+        for (int n = 0; n < NT; ++n)
+#pragma GCC unroll 16
+          for (int l = 0; l < kLanes; ++l) acc[k][n][l] += a[k][i + l] * b[n][i + l];
+    }
+    for (int k = 0; k < KT; ++k)
+      for (int n = 0; n < NT; ++n) {
+        double sum = (static_cast<double>(acc[k][n][0]) + static_cast<double>(acc[k][n][2])) +
+                     (static_cast<double>(acc[k][n][1]) + static_cast<double>(acc[k][n][3]));
+        for (int64_t t = i; t < len; ++t)
+          sum += static_cast<double>(a[k][t]) * static_cast<double>(b[n][t]);
+        out[k * ld + n] += sum;
+      }
+  }
+};
+
+#ifdef MEGAGRAPE_GRAM_X86
+// AVX2 + FMA: 8 lanes; the 4 x 3 tile uses 12 accumulators + 3 b-registers + 1 a-register.
+template <int KT, int NT>
+struct TileAvx2 {
+  __attribute__((target("avx2,fma"))) static void run(const float* const* a,
+                                                      const float* const* b, int64_t len,
+                                                      double* out, int64_t ld) {
+    __m256 acc[KT][NT];
+    for (int k = 0; k < KT; ++k)
+      for (int n = 0; n < NT; ++n) acc[k][n] = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= len; i += 8) {
+      __m256 bv[NT];
+      for (int n = 0; n < NT; ++n) bv[n] = _mm256_loadu_ps(b[n] + i);
+      for (int k = 0; k < KT; ++k) {
+        const __m256 av = _mm256_loadu_ps(a[k] + i);
+        for (int n = 0; n < NT; ++n) acc[k][n] = _mm256_fmadd_ps(av, bv[n], acc[k][n]);
+      }
+    }
+    for (int k = 0; k < KT; ++k)
+      for (int n = 0; n < NT; ++n) {
+        // (lanes 0..3 + lanes 4..7) in fp64, then (0+2) + (1+3) of that.
+        const __m256d halves = _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(acc[k][n])),
+                                             _mm256_cvtps_pd(_mm256_extractf128_ps(acc[k][n], 1)));
+        const __m128d pair =
+            _mm_add_pd(_mm256_castpd256_pd128(halves), _mm256_extractf128_pd(halves, 1));
+        double sum = _mm_cvtsd_f64(pair) + _mm_cvtsd_f64(_mm_unpackhi_pd(pair, pair));
+        for (int64_t t = i; t < len; ++t)
+          sum += static_cast<double>(a[k][t]) * static_cast<double>(b[n][t]);
+        out[k * ld + n] += sum;
+      }
+  }
+};
+#endif
+
+template <template <int, int> class Tile>
+std::array<TileFn, kTileK * kTileN> tile_table() {
+  static_assert(kTileK == 4 && kTileN == 3, "tile_table lists every (KT, NT) up to 4 x 3");
+  return {Tile<1, 1>::run, Tile<1, 2>::run, Tile<1, 3>::run, Tile<2, 1>::run,
+          Tile<2, 2>::run, Tile<2, 3>::run, Tile<3, 1>::run, Tile<3, 2>::run,
+          Tile<3, 3>::run, Tile<4, 1>::run, Tile<4, 2>::run, Tile<4, 3>::run};
+}
+
+void bf16_to_float(const uint16_t* src, float* dst, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t bits = static_cast<uint32_t>(src[i]) << 16;
+    std::memcpy(dst + i, &bits, sizeof(float));
+  }
+}
+
+#ifdef MEGAGRAPE_GRAM_X86
+__attribute__((target("avx2"))) void bf16_to_float_avx2(const uint16_t* src, float* dst,
+                                                         int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m128i half = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i));
+    const __m256i bits = _mm256_slli_epi32(_mm256_cvtepu16_epi32(half), 16);
+    _mm256_storeu_ps(dst + i, _mm256_castsi256_ps(bits));
+  }
+  bf16_to_float(src + i, dst + i, n - i);
+}
+#endif
+
+// The inner loops for this CPU: AVX2 + FMA where the CPU has them (runtime check), else the
+// portable loops that the compiler vectorises for the baseline ISA (SSE2, NEON, ...).
+struct CpuKernels {
+  std::array<TileFn, kTileK * kTileN> tiles;
+  void (*widen_bf16)(const uint16_t* src, float* dst, int64_t n);
+};
+
+const CpuKernels& kernels_for_this_cpu() {
+#ifdef MEGAGRAPE_GRAM_X86
+  static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  static const CpuKernels chosen =
+      avx2 ? CpuKernels{tile_table<TileAvx2>(), bf16_to_float_avx2}
+           : CpuKernels{tile_table<TilePortable>(), bf16_to_float};
+#else
+  static const CpuKernels chosen{tile_table<TilePortable>(), bf16_to_float};
+#endif
+  return chosen;
+}
+
+// One work item -> row[K * N] of fp64 partials.
+void item_partials(const GramLayout& L, const WorkItem& item, const CpuKernels& cpu,
+                   std::vector<float>& scratch, std::vector<const float*>& block_of,
+                   double* row) {
+  std::fill(row, row + L.K * L.N, 0.0);
+  for (int64_t off = 0; off < item.len; off += kBlockElements) {
+    const int64_t len = std::min(kBlockElements, item.len - off);
+    const int64_t first = item.start + off;
+    for (int64_t u = 0; u < L.U; ++u) {
+      const void* base = L.ptrs[u * L.P + item.slot];
+      if (L.is_bf16[u]) {
+        float* dst = scratch.data() + u * kBlockElements;
+        cpu.widen_bf16(static_cast<const uint16_t*>(base) + first, dst, len);
+        block_of[u] = dst;
+      } else {
+        block_of[u] = static_cast<const float*>(base) + first;
+      }
+    }
+    for (int64_t k0 = 0; k0 < L.K; k0 += kTileK) {
+      const int kt = static_cast<int>(std::min<int64_t>(kTileK, L.K - k0));
+      const float* a_ptr[kTileK];
+      for (int k = 0; k < kt; ++k) a_ptr[k] = block_of[L.a_vec[k0 + k]];
+      for (int64_t n0 = 0; n0 < L.N; n0 += kTileN) {
+        const int nt = static_cast<int>(std::min<int64_t>(kTileN, L.N - n0));
+        const float* b_ptr[kTileN];
+        for (int n = 0; n < nt; ++n) b_ptr[n] = block_of[L.b_vec[n0 + n]];
+        cpu.tiles[(kt - 1) * kTileN + (nt - 1)](a_ptr, b_ptr, len, row + k0 * L.N + n0, L.N);
+      }
+    }
+  }
+}
+
+at::Tensor gram_cpu(const GramLayout& L) {
+  const auto items = cut_items(L, kItemElements);
+  const int64_t W = static_cast<int64_t>(items.size());
+  const int64_t KN = L.K * L.N;
+  std::vector<double> partials(static_cast<size_t>(W * KN));
+  const CpuKernels& cpu = kernels_for_this_cpu();
+  at::parallel_for(0, W, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> scratch(static_cast<size_t>(L.U * kBlockElements));
+    std::vector<const float*> block_of(static_cast<size_t>(L.U));
+    for (int64_t w = begin; w < end; ++w)
+      item_partials(L, items[w], cpu, scratch, block_of, partials.data() + w * KN);
+  });
+  at::Tensor out = at::zeros({L.K, L.N}, at::kDouble);
+  double* g = out.data_ptr<double>();
+  for (int64_t w = 0; w < W; ++w)
+    for (int64_t o = 0; o < KN; ++o) g[o] += partials[w * KN + o];
+  return out;
+}
+
+#ifdef MEGAGRAPE_WITH_CUDA
+at::Tensor gram_cuda(const GramLayout& L) {
+  const c10::cuda::CUDAGuard guard(L.device);
+  const auto items = cut_items(L, megagrape_gram::kCudaItemElements);
+  const int64_t W = static_cast<int64_t>(items.size());
+  // One int64 table, copied to the device once: items | slot pointers [P, U] | a | b | bf16.
+  const int64_t n_items = 3 * W, n_ptrs = L.P * L.U;
+  at::Tensor meta = at::empty({n_items + n_ptrs + L.K + L.N + L.U}, at::kLong);
+  int64_t* m = meta.data_ptr<int64_t>();
+  for (int64_t w = 0; w < W; ++w) {
+    m[3 * w] = items[w].slot;
+    m[3 * w + 1] = items[w].start;
+    m[3 * w + 2] = items[w].len;
+  }
+  for (int64_t j = 0; j < L.P; ++j)
+    for (int64_t u = 0; u < L.U; ++u)
+      m[n_items + j * L.U + u] = reinterpret_cast<int64_t>(L.ptrs[u * L.P + j]);
+  std::copy(L.a_vec.begin(), L.a_vec.end(), m + n_items + n_ptrs);
+  std::copy(L.b_vec.begin(), L.b_vec.end(), m + n_items + n_ptrs + L.K);
+  for (int64_t u = 0; u < L.U; ++u) m[n_items + n_ptrs + L.K + L.N + u] = L.is_bf16[u];
+
+  const at::Tensor meta_dev = meta.to(L.device);
+  const auto f64 = at::TensorOptions().dtype(at::kDouble).device(L.device);
+  at::Tensor partials = at::empty({std::max<int64_t>(W, 1) * L.K * L.N}, f64);
+  at::Tensor out = at::empty({L.K, L.N}, f64);
+  const int64_t* md = meta_dev.data_ptr<int64_t>();
+
+  megagrape_gram::GramCudaArgs args;
+  args.items = md;
+  args.slot_ptrs = md + n_items;
+  args.a_vec = md + n_items + n_ptrs;
+  args.b_vec = md + n_items + n_ptrs + L.K;
+  args.is_bf16 = md + n_items + n_ptrs + L.K + L.N;
+  args.num_items = W;
+  args.num_unique = L.U;
+  args.K = static_cast<int32_t>(L.K);
+  args.N = static_cast<int32_t>(L.N);
+  args.partials = partials.data_ptr<double>();
+  args.out = out.data_ptr<double>();
+  const cudaError_t err =
+      megagrape_gram::gram_cuda_launch(args, c10::cuda::getCurrentCUDAStream(L.device.index()));
+  TORCH_CHECK(err == cudaSuccess, "gram: CUDA launch failed: ", cudaGetErrorString(err));
+  return out;
+}
+#endif
+
+at::Tensor gram(const VectorList& a, const VectorList& b) {
+  const GramLayout L = validate(a, b);
+  if (L.K == 0 || L.N == 0)
+    return at::zeros({L.K, L.N}, at::TensorOptions().dtype(at::kDouble).device(L.device));
+  if (L.device.is_cpu()) return gram_cpu(L);
+  if (L.device.is_cuda()) {
+#ifdef MEGAGRAPE_WITH_CUDA
+    TORCH_CHECK_VALUE(L.K <= INT32_MAX && L.N <= INT32_MAX, "gram: K and N must fit int32");
+    return gram_cuda(L);
+#else
+    TORCH_CHECK_VALUE(false, "gram: the tensors are on ", L.device.str(),
+                      ", but megagrape._C was built without CUDA; rebuild it against a CUDA "
+                      "torch with nvcc on PATH, or use megagrape.gram.gram_reference");
+#endif
+  }
+  TORCH_CHECK_VALUE(false, "gram: tensors on ", L.device.str(),
+                    " are not supported (CPU and CUDA only)");
+}
+
+}  // namespace
+
+void register_gram(pybind11::module_& m) {
+  m.def("gram", &gram, pybind11::arg("a"), pybind11::arg("b"),
+        R"doc(Local partial Gram matrix of sharded vectors.
+
+a: K vectors, b: N vectors; each vector is a list of P contiguous float32 or bfloat16
+tensors ("slots"); slot j has the same numel in every vector (shapes may differ). Returns
+float64 [K, N] on the tensors' device with entry (k, n) = sum_j <a[k][j], b[n][j]>.
+Every element is read once; fp32 sums over 512-element blocks, fp64 across blocks, and a
+fixed reduction order (bit-identical results for any thread count).)doc");
+#ifdef MEGAGRAPE_WITH_CUDA
+  m.attr("gram_has_cuda") = true;
+#else
+  m.attr("gram_has_cuda") = false;
+#endif
+}

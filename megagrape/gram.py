@@ -1,0 +1,57 @@
+"""Local partial Gram matrix of sharded vectors: G[k, n] = sum_j <a[k][j], b[n][j]>.
+
+A "vector" is a list of P tensors (slots): one per parameter shard, or one per flat ZeRO
+partition. Slot j has the same number of elements in every vector (shapes may differ).
+``gram_matrix`` calls the fused kernel ``megagrape._C.gram`` (one pass over all vectors,
+fp32 products summed over short blocks and fp64 across them, deterministic order) and falls
+back to ``gram_reference`` when the extension is not built. The result is this rank's
+partial: the caller all-reduces it across ranks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+try:
+    from megagrape import _C
+except ImportError:  # extension not built: the pure-torch reference is used instead
+    _C = None
+
+Vectors = Sequence[Sequence[torch.Tensor]]
+
+
+def kernel_available() -> bool:
+    """True when the compiled ``megagrape._C.gram`` kernel can be used."""
+    return _C is not None and hasattr(_C, "gram")
+
+
+def gram_matrix(a: Vectors, b: Vectors) -> torch.Tensor:
+    """float64 [K, N] matrix of sum_j <a[k][j], b[n][j]>, on the tensors' device.
+
+    a: K vectors, b: N vectors, each a sequence of P contiguous float32/bfloat16 tensors.
+    Raises ValueError/TypeError naming the vector and slot when the layouts disagree.
+    Passing the same list as a and b gives the K x K Gram, reading each vector once.
+    """
+    a_lists = [list(vector) for vector in a]
+    b_lists = a_lists if b is a else [list(vector) for vector in b]
+    if kernel_available():
+        return _C.gram(a_lists, b_lists)
+    return gram_reference(a_lists, b_lists)
+
+
+def gram_reference(a: Vectors, b: Vectors) -> torch.Tensor:
+    """The plain torch computation: for each (k, n), sum over slots of float64 dot products.
+
+    Same shapes and device as ``gram_matrix``; no checks beyond torch's own.
+    """
+    device = next((t.device for vector in (*a, *b) for t in vector), torch.device("cpu"))
+    out = torch.zeros(len(a), len(b), dtype=torch.float64, device=device)
+    for k, a_vector in enumerate(a):
+        for n, b_vector in enumerate(b):
+            total = torch.zeros((), dtype=torch.float64, device=device)
+            for a_slot, b_slot in zip(a_vector, b_vector, strict=True):
+                total += torch.dot(a_slot.flatten().double(), b_slot.flatten().double())
+            out[k, n] = total
+    return out

@@ -1,0 +1,245 @@
+"""The fused sharded-Gram kernel (megagrape._C.gram) against the plain torch reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import megagrape.gram as gram_module
+from megagrape.gram import gram_matrix, gram_reference
+
+_C = pytest.importorskip("megagrape._C")
+
+ODD_SHAPES = [(1,), (7,), (1000003,), (0,), (3, 5), (2, 3, 4)]
+
+
+def random_vectors(count, shapes, dtype, seed, device="cpu"):
+    gen = torch.Generator().manual_seed(seed)
+    return [
+        [torch.randn(shape, generator=gen).to(dtype=dtype, device=device) for shape in shapes]
+        for _ in range(count)
+    ]
+
+
+def cauchy_schwarz_scale(a, b):
+    """[K, N] bound ||a_k|| * ||b_n|| on |G[k, n]|: the scale the rounding error lives on."""
+
+    def norms(vectors):
+        return torch.tensor(
+            [sum(float(t.double().square().sum()) for t in v) ** 0.5 for v in vectors],
+            dtype=torch.float64,
+        )
+
+    return torch.outer(norms(a), norms(b))
+
+
+def assert_close_to_reference(got, a, b, rel=1e-6):
+    want = gram_reference(a, b)
+    assert got.dtype == torch.float64
+    assert got.shape == want.shape
+    err = (got.cpu() - want.cpu()).abs()
+    bound = rel * cauchy_schwarz_scale(a, b) + 1e-300
+    assert torch.all(err <= bound), f"max error / bound = {(err / bound).max():.3g}"
+
+
+def test_reference_on_integers():
+    a = [[torch.tensor([1.0, 2.0]), torch.tensor([[3.0]])]]
+    b = [[torch.tensor([4.0, 5.0]), torch.tensor([[6.0]])], [torch.ones(2), torch.ones(1, 1)]]
+    want = torch.tensor([[1 * 4 + 2 * 5 + 3 * 6, 1 + 2 + 3]], dtype=torch.float64)
+    assert torch.equal(gram_reference(a, b), want)
+    assert torch.equal(_C.gram(a, b), want)
+
+
+@pytest.mark.parametrize(
+    ("dtype_a", "dtype_b"),
+    [
+        (torch.float32, torch.float32),
+        (torch.bfloat16, torch.bfloat16),
+        (torch.float32, torch.bfloat16),
+        (torch.bfloat16, torch.float32),
+    ],
+)
+def test_k16_n6_odd_shapes_match_reference(dtype_a, dtype_b):
+    # bf16 x bf16 products are exact in fp32, so bf16 needs no looser tolerance than fp32.
+    a = random_vectors(16, ODD_SHAPES, dtype_a, seed=1)
+    b = random_vectors(6, ODD_SHAPES, dtype_b, seed=2)
+    assert_close_to_reference(_C.gram(a, b), a, b)
+
+
+@pytest.mark.parametrize(("k", "n"), [(1, 1), (1, 6), (16, 1), (5, 4), (9, 7)])
+def test_tile_edges_match_reference(k, n):
+    shapes = [(4099,), (13, 3), (1,)]
+    a = random_vectors(k, shapes, torch.float32, seed=k)
+    b = random_vectors(n, shapes, torch.float32, seed=100 + n)
+    assert_close_to_reference(_C.gram(a, b), a, b)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    k=st.integers(1, 6),
+    n=st.integers(1, 6),
+    sizes=st.lists(st.integers(0, 70), min_size=0, max_size=4),
+    a_bf16=st.booleans(),
+    b_bf16=st.booleans(),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_random_layouts_match_reference(k, n, sizes, a_bf16, b_bf16, seed):
+    shapes = [(size,) for size in sizes]
+    a = random_vectors(k, shapes, torch.bfloat16 if a_bf16 else torch.float32, seed)
+    b = random_vectors(n, shapes, torch.bfloat16 if b_bf16 else torch.float32, seed + 1)
+    assert_close_to_reference(_C.gram(a, b), a, b)
+
+
+def test_slots_may_be_views_into_flat_buffers_at_odd_offsets():
+    # ZeRO-style: every vector is one flat buffer; slots are parameter-shaped views into it.
+    shapes = [(3,), (33, 17), (1,), (4000,)]
+    total = sum(torch.Size(s).numel() for s in shapes)
+
+    def views(flat):
+        out, offset = [], 1  # offset 1: no slot starts 32-byte aligned
+        for shape in shapes:
+            size = torch.Size(shape).numel()
+            out.append(flat[offset : offset + size].view(shape))
+            offset += size
+        return out
+
+    gen = torch.Generator().manual_seed(5)
+    a = [views(torch.randn(total + 1, generator=gen)) for _ in range(4)]
+    b = [views(torch.randn(total + 1, generator=gen).bfloat16()) for _ in range(3)]
+    assert_close_to_reference(_C.gram(a, b), a, b)
+
+
+def test_same_vectors_give_exactly_symmetric_gram():
+    a = random_vectors(7, [(5003,), (17,)], torch.float32, seed=3)
+    got = _C.gram(a, a)
+    assert_close_to_reference(got, a, a)
+    assert torch.equal(got, got.T)
+    assert torch.all(got.diagonal() > 0)
+
+
+def test_result_independent_of_thread_count_and_run():
+    a = random_vectors(16, [(1000003,), (40000,)], torch.float32, seed=4)
+    b = random_vectors(6, [(1000003,), (40000,)], torch.bfloat16, seed=5)
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            results.append(_C.gram(a, b))
+        results.append(_C.gram(a, b))
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        assert torch.equal(results[0], other)
+
+
+def test_empty_inputs():
+    b = random_vectors(3, [(4,)], torch.float32, seed=6)
+    assert _C.gram([], b).shape == (0, 3)
+    assert _C.gram(b, []).shape == (3, 0)
+    assert _C.gram([], []).shape == (0, 0)
+    assert torch.equal(_C.gram([[]], [[], []]), torch.zeros(1, 2, dtype=torch.float64))
+    empty_slots = [[torch.empty(0), torch.empty(0, 3)] for _ in range(2)]
+    assert torch.equal(_C.gram(empty_slots, empty_slots), torch.zeros(2, 2, dtype=torch.float64))
+
+
+def test_wrapper_matches_kernel_and_falls_back_to_reference(monkeypatch):
+    a = tuple(tuple(v) for v in random_vectors(3, [(300,), (2, 2)], torch.float32, seed=7))
+    b = random_vectors(2, [(300,), (2, 2)], torch.bfloat16, seed=8)
+    assert gram_module.kernel_available()
+    with_kernel = gram_matrix(a, b)
+    assert torch.equal(with_kernel, _C.gram([list(v) for v in a], b))
+    assert torch.equal(gram_matrix(a, a), gram_matrix(a, a).T)
+    monkeypatch.setattr(gram_module, "_C", None)
+    assert not gram_module.kernel_available()
+    assert torch.equal(gram_matrix(a, b), gram_reference(a, b))
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "error", "words"),
+    [
+        (
+            [[torch.ones(2)]],
+            [[torch.ones(2), torch.ones(1)]],
+            ValueError,
+            ["b[0] has 2 slots", "a[0] has 1"],
+        ),
+        (
+            [[torch.ones(2)], [torch.ones(3)]],
+            [[torch.ones(2)]],
+            ValueError,
+            ["a[1][0] has 3 elements", "slot 0"],
+        ),
+        ([[torch.ones(2)]], [[torch.ones(2, dtype=torch.float16)]], TypeError, ["b[0][0]", "Half"]),
+        (
+            [[torch.ones(2), torch.ones(1, dtype=torch.bfloat16)]],
+            [[torch.ones(2), torch.ones(1)]],
+            TypeError,
+            ["a[0][1]", "one dtype"],
+        ),
+        (
+            [[torch.ones(2, 3).T]],
+            [[torch.ones(3, 2)]],
+            ValueError,
+            ["a[0][0] is not contiguous", ".contiguous()"],
+        ),
+        (
+            [[torch.ones(2)]],
+            [[torch.ones(2, device="meta")]],
+            ValueError,
+            ["b[0][0] is on meta", "one device"],
+        ),
+        (
+            [[torch.ones(2, device="meta")]],
+            [[torch.ones(2, device="meta")]],
+            ValueError,
+            ["meta", "not supported"],
+        ),
+    ],
+)
+def test_bad_input_names_vector_and_slot(a, b, error, words):
+    with pytest.raises(error) as caught:
+        _C.gram(a, b)
+    for word in words:
+        assert word in str(caught.value)
+
+
+def cuda_ready():
+    return torch.cuda.is_available()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not cuda_ready(), reason="needs CUDA")
+class TestCuda:
+    def test_extension_was_built_with_cuda(self):
+        assert _C.gram_has_cuda, "rebuild megagrape._C against a CUDA torch with nvcc on PATH"
+
+    @pytest.mark.parametrize(
+        ("k", "n", "dtype_a", "dtype_b"),
+        [
+            (16, 6, torch.float32, torch.float32),
+            (16, 6, torch.bfloat16, torch.bfloat16),
+            (16, 6, torch.float32, torch.bfloat16),
+            (1, 1, torch.float32, torch.float32),
+            (20, 10, torch.bfloat16, torch.float32),
+        ],
+    )
+    def test_matches_reference(self, k, n, dtype_a, dtype_b):
+        a = random_vectors(k, ODD_SHAPES, dtype_a, seed=11, device="cuda")
+        b = random_vectors(n, ODD_SHAPES, dtype_b, seed=12, device="cuda")
+        got = _C.gram(a, b)
+        assert got.device.type == "cuda"
+        assert_close_to_reference(got, a, b)
+
+    def test_same_vectors_deterministic_and_symmetric(self):
+        a = random_vectors(9, [(3_000_001,), (5,)], torch.float32, seed=13, device="cuda")
+        first = _C.gram(a, a)
+        assert torch.equal(first, _C.gram(a, a))
+        assert torch.equal(first, first.T)
+        assert_close_to_reference(first, a, a)
+
+    def test_empty_slots_give_zeros(self):
+        a = [[torch.empty(0, device="cuda")] for _ in range(3)]
+        assert torch.equal(_C.gram(a, a), torch.zeros(3, 3, dtype=torch.float64, device="cuda"))
