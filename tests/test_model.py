@@ -157,6 +157,51 @@ def test_variant_builds_runs_and_every_parameter_gets_a_gradient(env, variant):
     assert not missing
 
 
+def test_portable_attention_matches_softmax_attention_with_gqa(env):
+    from megatron.core.transformer.enums import AttnMaskType
+
+    from megagrape.model.layers import PortableDotProductAttention, transformer_config
+
+    cfg = ModelConfig(**{**TINY, "num_attention_heads": 4, "num_query_groups": 2})
+    attention = PortableDotProductAttention(
+        transformer_config(cfg, 1, env.device, torch.float32),
+        layer_number=1,
+        attn_mask_type=AttnMaskType.causal,
+        attention_type="self",
+    )
+    s, b, heads, groups, d = 6, 2, 4, 2, 16
+    generator = torch.Generator().manual_seed(3)
+    q = torch.randn(s, b, heads, d, generator=generator)
+    k, v = (torch.randn(s, b, groups, d, generator=generator) for _ in range(2))
+    out = attention(q, k, v, None)
+    causal = torch.ones(s, s, dtype=torch.bool).tril()
+    expected = torch.empty(s, b, heads, d)
+    for head in range(heads):
+        group = head // (heads // groups)  # megatron: query heads of a group are adjacent
+        for i in range(b):
+            scores = q[:, i, head] @ k[:, i, group].T / math.sqrt(d)
+            probs = scores.masked_fill(~causal, float("-inf")).softmax(-1)
+            expected[:, i, head] = probs @ v[:, i, group]
+    assert out.shape == (s, b, heads * d)
+    assert torch.allclose(out, expected.reshape(s, b, heads * d), atol=1e-5)
+    masked_out = ~causal.expand(b, 1, s, s)  # megatron's mask convention: True = masked
+    assert torch.allclose(attention(q, k, v, masked_out), out, atol=1e-6)
+
+
+@pytest.mark.parametrize("variant", ["base", "learned_positions"])
+def test_a_token_only_affects_later_positions(env, variant):
+    cfg = ModelConfig(**TINY, **VARIANTS.get(variant, {}))
+    model = build_model(cfg, env)
+    batch = make_batch(cfg)
+    changed = {key: value.clone() for key, value in batch.items()}
+    position = 10
+    changed["tokens"][:, position] = (changed["tokens"][:, position] + 1) % cfg.vocab_size
+    with torch.no_grad():
+        before, after = token_losses(model, batch), token_losses(model, changed)
+    assert torch.equal(before[:, :position], after[:, :position])
+    assert (before[:, position:] != after[:, position:]).all(dim=0).any()
+
+
 def test_masked_mean_ignores_masked_tokens():
     losses = torch.tensor([[1.0, 2.0, 100.0], [3.0, 4.0, 5.0]])
     mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
