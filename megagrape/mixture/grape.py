@@ -1,0 +1,198 @@
+"""GRAPE: group-robust multi-target reweighting of domains (α) and target tasks (z).
+
+One event (K domains, N tasks; H[k, n] = <g_k, h_n> is the Gram with the target-gradient
+column scaling of target_scaling.py applied):
+
+    task step    r_n = sum_k a_k H[k, n]                 (first-order RoI along d = sum_k a_k g_k,
+                                                          a = the weights the sampler used)
+                 or r_n = (l_n(prev) - l_n(now)) / l_n(prev)              (roi: measured)
+                 z   <- softmax(log z - mu_z * r);   z <- (1 - eps_z) z + eps_z / N
+    domain step  s_k = sum_n z_n H[k, n]                 (with the NEW z)
+                 α   <- softmax(log α + mu_a * s);   α <- (1 - eps_a) α + eps_a / K
+    served       a   <- α, or a <- β a + (1 - β) α when weights_ema = β > 0
+
+Tasks that improve least gain weight; domains whose gradients align with the prioritised
+tasks gain weight; smoothing keeps every domain reachable (a zero-weight domain recovers).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor
+
+from megagrape.mixture import options as opt
+from megagrape.mixture.base import (
+    MixtureContext,
+    MixtureMethod,
+    MixtureUpdate,
+    Observation,
+    exponentiated_step,
+    non_finite_reason,
+    required,
+    smooth,
+    uniform,
+)
+from megagrape.mixture.target_scaling import (
+    TARGET_GRADIENTS,
+    invalid_target_loss,
+    needs_target_losses,
+    scale_columns,
+    target_scales,
+)
+
+ROI_MODES = ("first_order", "measured")
+
+
+@dataclass(frozen=True)
+class GrapeOptions:
+    """Options of ``mixture.method: grape`` (defaults: the reference's ClimbLab config)."""
+
+    mu_a: float = 1.5
+    """Domain step size (> 0): multiplies the domain score s_k (units: 1 / score)."""
+    mu_z: float = 5.0
+    """Task step size (> 0): multiplies the rate of improvement r_n."""
+    eps_a: float = 1e-3
+    """Domain smoothing in [0, 1): α <- (1 - eps_a) α + eps_a / K. 0 reproduces the reference."""
+    eps_z: float = 1e-3
+    """Task smoothing in [0, 1): z <- (1 - eps_z) z + eps_z / N (the reference hard-codes 1e-3)."""
+    roi: str = "first_order"
+    """Rate of improvement: "first_order" (r = Hᵀa) or "measured" (relative loss drop between events)."""
+    target_gradient: str = "log"
+    """h_n: "log" (grad l_n / l_n), "ema" (grad l_n / EMA(l_n)) or "plain" (grad l_n)."""
+    loss_ema_decay: float = 0.9
+    """Decay β in [0, 1) of the target-loss EMA used by target_gradient "ema"."""
+    weights_ema: float = 0.0
+    """Decay β in [0, 1) of an EMA of the weights the sampler receives; 0 turns it off."""
+    initial_task_weights: Any = None
+    """Starting z: None (uniform), a list in target order or {task: weight} (normalised)."""
+
+    def __post_init__(self) -> None:
+        opt.set_option(
+            self,
+            "mu_a",
+            opt.real("mu_a", self.mu_a, low=0.0, low_open=True, meaning="domain step size"),
+        )
+        opt.set_option(
+            self,
+            "mu_z",
+            opt.real("mu_z", self.mu_z, low=0.0, low_open=True, meaning="task step size"),
+        )
+        opt.set_option(
+            self, "eps_a", opt.real("eps_a", self.eps_a, low=0.0, high=1.0, high_open=True)
+        )
+        opt.set_option(
+            self, "eps_z", opt.real("eps_z", self.eps_z, low=0.0, high=1.0, high_open=True)
+        )
+        opt.set_option(self, "roi", opt.choice("roi", self.roi, ROI_MODES))
+        opt.set_option(
+            self,
+            "target_gradient",
+            opt.choice("target_gradient", self.target_gradient, TARGET_GRADIENTS),
+        )
+        opt.set_option(
+            self,
+            "loss_ema_decay",
+            opt.real("loss_ema_decay", self.loss_ema_decay, low=0.0, high=1.0, high_open=True),
+        )
+        opt.set_option(
+            self,
+            "weights_ema",
+            opt.real("weights_ema", self.weights_ema, low=0.0, high=1.0, high_open=True),
+        )
+
+
+class Grape(MixtureMethod):
+    """GRAPE (arXiv 2505.20380) with the exact z-weighted target direction."""
+
+    name = "grape"
+    state_fields = (
+        "domain_weights",
+        "task_weights",
+        "alpha",
+        "loss_ema",
+        "previous_target_losses",
+    )
+
+    def __init__(self, options: GrapeOptions, context: MixtureContext) -> None:
+        super().__init__(context)
+        self.options = options
+        self.alpha: Tensor = self.domain_weights.clone()
+        """The mirror-descent iterate α (equals domain_weights unless weights_ema > 0)."""
+        if options.initial_task_weights is None:
+            self.task_weights = uniform(self.num_tasks)
+        else:
+            weights = opt.distribution(
+                "initial_task_weights", options.initial_task_weights, self.task_names, what="task"
+            )
+            self.task_weights = self.domain_weights.new_tensor(weights)
+        self.loss_ema: Tensor | None = None
+        self.previous_target_losses: Tensor | None = None
+
+    @property
+    def needs(self) -> frozenset[str]:
+        fields = {"domain_target_gram"}
+        if needs_target_losses(self.options.target_gradient) or self.options.roi == "measured":
+            fields.add("target_losses")
+        return frozenset(fields)
+
+    def update(self, obs: Observation) -> MixtureUpdate:
+        k, n = self.num_domains, self.num_tasks
+        gram = required(obs, "domain_target_gram", (k, n), self.name)
+        reason = non_finite_reason(
+            gram,
+            "domain_target_gram",
+            [("k", "domain", self.domain_names), ("n", "task", self.task_names)],
+        )
+        if reason is not None:
+            return self.skip(reason)
+        losses = None
+        if "target_losses" in self.needs:
+            losses = required(obs, "target_losses", (n,), self.name)
+            reason = invalid_target_loss(losses, self.task_names)
+            if reason is not None:
+                return self.skip(reason)
+        previous = self.previous_target_losses
+        if self.options.roi == "measured" and obs.previous_target_losses is not None:
+            previous = required(obs, "previous_target_losses", (n,), self.name)
+            reason = invalid_target_loss(previous, self.task_names)
+            if reason is not None:
+                return self.skip("previous " + reason)
+
+        scales, loss_ema = target_scales(
+            self.options.target_gradient, losses, self.loss_ema, self.options.loss_ema_decay
+        )
+        scaled = scale_columns(gram, scales)
+
+        if self.options.roi == "first_order":
+            roi = scaled.T @ self.domain_weights
+        elif previous is not None:
+            assert losses is not None
+            roi = (previous - losses) / previous
+        else:
+            roi = None
+        task_weights = self.task_weights
+        if roi is not None:
+            task_weights = smooth(
+                exponentiated_step(task_weights, -roi, self.options.mu_z), self.options.eps_z
+            )
+        scores = scaled @ task_weights
+        alpha = smooth(
+            exponentiated_step(self.alpha, scores, self.options.mu_a), self.options.eps_a
+        )
+        beta = self.options.weights_ema
+        served = alpha if beta == 0.0 else beta * self.domain_weights + (1.0 - beta) * alpha
+
+        self.alpha, self.task_weights, self.domain_weights = alpha, task_weights, served
+        self.loss_ema = loss_ema
+        if self.options.roi == "measured":
+            self.previous_target_losses = losses
+        return self.applied(
+            {
+                "roi": [] if roi is None else roi.tolist(),
+                "task_step_applied": float(roi is not None),
+                "domain_scores": scores.tolist(),
+                "gram_row_sums": scaled.sum(dim=1).tolist(),
+            }
+        )
