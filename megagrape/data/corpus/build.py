@@ -102,26 +102,45 @@ def write_jsonl(path: Path, records: Iterable[dict]) -> tuple[int, int]:
     return count, path.stat().st_size
 
 
-def select_within_cap(documents: list[str], cap_bytes: int | None) -> list[int]:
-    """Indices (ascending) of a content-hash-ordered sample of ``documents`` within the cap.
+def select_documents(
+    documents: list[str], cap_bytes: int | None, index: NgramIndex | None
+) -> tuple[list[int], int]:
+    """Indices (ascending) of the documents to keep, and how many were dropped as contaminated.
 
-    Documents are visited in order of the sha256 of their text (deterministic, spread over
-    the whole source) and kept while the UTF-8 total stays within ``cap_bytes``.
+    Without a cap (or when everything fits) every clean document is kept. Otherwise documents
+    are visited in order of the sha256 of their text (a deterministic sample spread over the
+    whole source) and kept while the UTF-8 total stays within ``cap_bytes``; visiting stops
+    once 99% of the cap is filled. Only visited documents are checked for contamination (in
+    batches of a little more than the room left), so a large source capped small is cheap.
     """
-    if cap_bytes is None:
-        return list(range(len(documents)))
     sizes = [len(text.encode("utf-8")) for text in documents]
-    if sum(sizes) <= cap_bytes:
-        return list(range(len(documents)))
-    order = sorted(
-        range(len(documents)), key=lambda i: hashlib.sha256(documents[i].encode("utf-8")).digest()
-    )
-    kept, total = [], 0
-    for i in order:
-        if total + sizes[i] <= cap_bytes:
-            kept.append(i)
-            total += sizes[i]
-    return sorted(kept)
+    if cap_bytes is None or sum(sizes) <= cap_bytes:
+        cap_bytes = None
+        order = list(range(len(documents)))
+    else:
+        order = sorted(
+            range(len(documents)),
+            key=lambda i: hashlib.sha256(documents[i].encode("utf-8")).digest(),
+        )
+    kept: list[int] = []
+    total = dropped = position = 0
+    while position < len(order) and (cap_bytes is None or total < 0.99 * cap_bytes):
+        room = (
+            float("inf") if cap_bytes is None else max(1.1 * (cap_bytes - total), 0.05 * cap_bytes)
+        )
+        batch, batch_bytes = [], 0
+        while position < len(order) and batch_bytes < room:
+            batch.append(order[position])
+            batch_bytes += sizes[order[position]]
+            position += 1
+        flags = index.contaminated([documents[i] for i in batch]) if index is not None else None
+        for number, i in enumerate(batch):
+            if flags is not None and flags[number]:
+                dropped += 1
+            elif cap_bytes is None or total + sizes[i] <= cap_bytes:
+                kept.append(i)
+                total += sizes[i]
+    return sorted(kept), dropped
 
 
 def build_domain(
@@ -142,12 +161,7 @@ def build_domain(
         sources.append(info)
     if not documents:
         raise DataError(f"domain {spec.name}: its sources produced no documents")
-    dropped = 0
-    if index is not None:
-        flags = index.contaminated(documents)
-        dropped = int(flags.sum())
-        documents = [text for text, bad in zip(documents, flags) if not bad]
-    kept = select_within_cap(documents, cap_bytes)
+    kept, dropped = select_documents(documents, cap_bytes, index)
     path = out_dir / "domains" / f"{spec.name}.jsonl"
     count, size = write_jsonl(path, ({"text": documents[i]} for i in kept))
     return EntryInfo(
@@ -253,9 +267,9 @@ def prepare_corpus(
     same definition are kept, not rewritten.
     """
     definition = get_preset(preset)
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    cache_dir = Path(cache_dir) if cache_dir is not None else out_dir / ".cache"
+    cache_dir = Path(cache_dir).resolve() if cache_dir is not None else out_dir / ".cache"
     cap_mb = definition.max_mb_per_domain if max_mb_per_domain is None else max_mb_per_domain
     cap_mb = cap_mb if cap_mb is not None and cap_mb > 0 else None
     cap_bytes = int(cap_mb * 1e6) if cap_mb is not None else None

@@ -142,7 +142,15 @@ def _iter_dir(
     root: Path, patterns: tuple[str, ...], exclude: tuple[str, ...]
 ) -> Iterator[tuple[str, bytes]]:
     names: list[str] = []
-    for folder, _, files in os.walk(root):
+    for folder, subfolders, files in os.walk(root):
+        relative = Path(folder).relative_to(root).as_posix()
+        prefix = "" if relative == "." else relative + "/"
+        # prune excluded folders (e.g. site-packages) instead of walking them
+        subfolders[:] = [
+            sub
+            for sub in subfolders
+            if not any(fnmatch.fnmatchcase(f"{prefix}{sub}/", pattern) for pattern in exclude)
+        ]
         for file_name in files:
             full = Path(folder) / file_name
             if full.is_symlink() or not full.is_file():
@@ -298,7 +306,7 @@ def fetch(package: Package, cache_dir: Path) -> Fetched:
 
     Raises DataError naming the package, the failed command and what to do.
     """
-    cache_dir = Path(cache_dir)
+    cache_dir = Path(cache_dir).resolve()  # the clients run in other working directories
     if package.registry == "stdlib":
         return Fetched(package, stdlib_dir(), "", platform.python_version())
     if package.registry == "pypi":
