@@ -34,7 +34,7 @@ OBSERVATION_FIELDS = frozenset(
     }
 )
 
-Diagnostics = dict[str, "float | list[float]"]
+Diagnostics = dict[str, float | list[float]]
 
 
 @dataclass

@@ -21,6 +21,7 @@ from torch import Tensor
 from megagrape.errors import ConfigError
 from megagrape.mixture import options as opt
 from megagrape.mixture.base import (
+    Diagnostics,
     MixtureContext,
     MixtureMethod,
     MixtureUpdate,
@@ -70,29 +71,17 @@ class DogeOptions:
     does when its training and target sets coincide. Needs as many targets as domains."""
 
     def __post_init__(self) -> None:
-        opt.set_option(
-            self, "mu", opt.real("mu", self.mu, low=0.0, low_open=True, meaning="Bregman strength")
-        )
-        opt.set_option(self, "eps", opt.real("eps", self.eps, low=0.0, high=1.0, high_open=True))
-        opt.set_option(
-            self,
-            "target_gradient",
-            opt.choice("target_gradient", self.target_gradient, TARGET_GRADIENTS),
-        )
-        opt.set_option(
-            self,
-            "loss_ema_decay",
-            opt.real("loss_ema_decay", self.loss_ema_decay, low=0.0, high=1.0, high_open=True),
-        )
-        opt.set_option(self, "normalize", opt.choice("normalize", self.normalize, NORMALIZATIONS))
-        opt.set_option(self, "clip", opt.boolean("clip", self.clip))
-        opt.set_option(self, "dw_min", opt.real("dw_min", self.dw_min))
-        opt.set_option(self, "dw_max", opt.real("dw_max", self.dw_max))
+        opt.validate(self, "mu", opt.real, low=0.0, low_open=True, meaning="Bregman strength")
+        opt.validate(self, "eps", opt.real, low=0.0, high=1.0, high_open=True)
+        opt.validate(self, "target_gradient", opt.choice, choices=TARGET_GRADIENTS)
+        opt.validate(self, "loss_ema_decay", opt.real, low=0.0, high=1.0, high_open=True)
+        opt.validate(self, "normalize", opt.choice, choices=NORMALIZATIONS)
+        opt.validate(self, "clip", opt.boolean)
+        opt.validate(self, "dw_min", opt.real)
+        opt.validate(self, "dw_max", opt.real)
         if self.dw_max <= self.dw_min:
             raise opt.option_error("dw_max", self.dw_max, f"a number > dw_min = {self.dw_min:g}")
-        opt.set_option(
-            self, "exclude_diagonal", opt.boolean("exclude_diagonal", self.exclude_diagonal)
-        )
+        opt.validate(self, "exclude_diagonal", opt.boolean)
 
 
 class Doge(MixtureMethod):
@@ -173,7 +162,7 @@ class Doge(MixtureMethod):
         alpha = exponentiated_step(self.domain_weights, scores, 1.0 / self.options.mu)
         self.domain_weights = smooth(alpha, self.options.eps)
         self.loss_ema = loss_ema
-        diagnostics: dict[str, float | list[float]] = {
+        diagnostics: Diagnostics = {
             "raw_scores": raw_scores.tolist(),
             "domain_scores": scores.tolist(),
             "clipped_count": float(clipped_count),

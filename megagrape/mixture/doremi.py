@@ -39,14 +39,8 @@ class DoremiOptions:
     """Smoothing c in [0, 1): α <- (1 - c) α + c / K."""
 
     def __post_init__(self) -> None:
-        opt.set_option(
-            self, "eta", opt.real("eta", self.eta, low=0.0, low_open=True, meaning="step size")
-        )
-        opt.set_option(
-            self,
-            "smoothing",
-            opt.real("smoothing", self.smoothing, low=0.0, high=1.0, high_open=True),
-        )
+        opt.validate(self, "eta", opt.real, low=0.0, low_open=True, meaning="step size")
+        opt.validate(self, "smoothing", opt.real, low=0.0, high=1.0, high_open=True)
 
 
 class Doremi(MixtureMethod):

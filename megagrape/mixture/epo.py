@@ -28,6 +28,7 @@ from scipy.optimize import linprog
 from megagrape.mixture import options as opt
 from megagrape.mixture.base import (
     DTYPE,
+    Diagnostics,
     MixtureContext,
     MixtureMethod,
     MixtureUpdate,
@@ -51,12 +52,8 @@ class EpoOptions:
     """Smoothing in [0, 1): α <- (1 - eps) α + eps / K."""
 
     def __post_init__(self) -> None:
-        opt.set_option(
-            self,
-            "balance_threshold",
-            opt.real("balance_threshold", self.balance_threshold, low=0.0, low_open=True),
-        )
-        opt.set_option(self, "eps", opt.real("eps", self.eps, low=0.0, high=1.0, high_open=True))
+        opt.validate(self, "balance_threshold", opt.real, low=0.0, low_open=True)
+        opt.validate(self, "eps", opt.real, low=0.0, high=1.0, high_open=True)
 
 
 @dataclass
@@ -146,7 +143,7 @@ class Epo(MixtureMethod):
             )
         gram = 0.5 * (gram + gram.T)
         step = epo_lp(losses.numpy(), gram.numpy(), self.preference, self.options.balance_threshold)
-        diagnostics: dict[str, float | list[float]] = {
+        diagnostics: Diagnostics = {
             "balance_step": float(step.balance),
             "non_uniformity": step.non_uniformity,
         }

@@ -69,38 +69,14 @@ class GrapeOptions:
     """Starting z: None (uniform), a list in target order or {task: weight} (normalised)."""
 
     def __post_init__(self) -> None:
-        opt.set_option(
-            self,
-            "mu_a",
-            opt.real("mu_a", self.mu_a, low=0.0, low_open=True, meaning="domain step size"),
-        )
-        opt.set_option(
-            self,
-            "mu_z",
-            opt.real("mu_z", self.mu_z, low=0.0, low_open=True, meaning="task step size"),
-        )
-        opt.set_option(
-            self, "eps_a", opt.real("eps_a", self.eps_a, low=0.0, high=1.0, high_open=True)
-        )
-        opt.set_option(
-            self, "eps_z", opt.real("eps_z", self.eps_z, low=0.0, high=1.0, high_open=True)
-        )
-        opt.set_option(self, "roi", opt.choice("roi", self.roi, ROI_MODES))
-        opt.set_option(
-            self,
-            "target_gradient",
-            opt.choice("target_gradient", self.target_gradient, TARGET_GRADIENTS),
-        )
-        opt.set_option(
-            self,
-            "loss_ema_decay",
-            opt.real("loss_ema_decay", self.loss_ema_decay, low=0.0, high=1.0, high_open=True),
-        )
-        opt.set_option(
-            self,
-            "weights_ema",
-            opt.real("weights_ema", self.weights_ema, low=0.0, high=1.0, high_open=True),
-        )
+        opt.validate(self, "mu_a", opt.real, low=0.0, low_open=True, meaning="domain step size")
+        opt.validate(self, "mu_z", opt.real, low=0.0, low_open=True, meaning="task step size")
+        opt.validate(self, "eps_a", opt.real, low=0.0, high=1.0, high_open=True)
+        opt.validate(self, "eps_z", opt.real, low=0.0, high=1.0, high_open=True)
+        opt.validate(self, "roi", opt.choice, choices=ROI_MODES)
+        opt.validate(self, "target_gradient", opt.choice, choices=TARGET_GRADIENTS)
+        opt.validate(self, "loss_ema_decay", opt.real, low=0.0, high=1.0, high_open=True)
+        opt.validate(self, "weights_ema", opt.real, low=0.0, high=1.0, high_open=True)
 
 
 class Grape(MixtureMethod):

@@ -23,6 +23,7 @@ from torch import Tensor
 from megagrape.mixture import options as opt
 from megagrape.mixture.base import (
     DTYPE,
+    Diagnostics,
     MixtureContext,
     MixtureMethod,
     MixtureUpdate,
@@ -41,7 +42,7 @@ class ImtlOptions:
     """Smoothing in [0, 1): α <- (1 - eps) α + eps / K."""
 
     def __post_init__(self) -> None:
-        opt.set_option(self, "eps", opt.real("eps", self.eps, low=0.0, high=1.0, high_open=True))
+        opt.validate(self, "eps", opt.real, low=0.0, high=1.0, high_open=True)
 
 
 def imtl_weights(gram: Tensor) -> Tensor:
@@ -94,7 +95,7 @@ class Imtl(MixtureMethod):
         negative = raw < 0.0
         clipped = raw.clamp_min(0.0)
         total = float(clipped.sum())
-        diagnostics: dict[str, float | list[float]] = {
+        diagnostics: Diagnostics = {
             "raw_weights": raw.tolist(),
             "clipped_count": float(int(negative.sum())),
             "clipped_values": raw[negative].tolist(),

@@ -49,16 +49,10 @@ class MgdaOptions:
     """Smoothing in [0, 1): α <- (1 - eps) c + eps / K."""
 
     def __post_init__(self) -> None:
-        opt.set_option(
-            self, "normalization", opt.choice("normalization", self.normalization, NORMALIZATIONS)
-        )
-        opt.set_option(
-            self,
-            "max_iter",
-            opt.integer("max_iter", self.max_iter, low=1, meaning="Frank-Wolfe iteration cap"),
-        )
-        opt.set_option(self, "tol", opt.real("tol", self.tol, low=0.0, low_open=True))
-        opt.set_option(self, "eps", opt.real("eps", self.eps, low=0.0, high=1.0, high_open=True))
+        opt.validate(self, "normalization", opt.choice, choices=NORMALIZATIONS)
+        opt.validate(self, "max_iter", opt.integer, low=1, meaning="Frank-Wolfe iteration cap")
+        opt.validate(self, "tol", opt.real, low=0.0, low_open=True)
+        opt.validate(self, "eps", opt.real, low=0.0, high=1.0, high_open=True)
 
 
 def two_point_min_norm(v11: float, v12: float, v22: float) -> tuple[float, float]:

@@ -42,12 +42,8 @@ class OdmOptions:
     (the reference's 1B run uses 2000 of 100k)."""
 
     def __post_init__(self) -> None:
-        opt.set_option(
-            self,
-            "reward_scale",
-            opt.real("reward_scale", self.reward_scale, low=0.0, low_open=True),
-        )
-        opt.set_option(self, "warmup_steps", opt.integer("warmup_steps", self.warmup_steps, low=0))
+        opt.validate(self, "reward_scale", opt.real, low=0.0, low_open=True)
+        opt.validate(self, "warmup_steps", opt.integer, low=0)
 
 
 def exploration_rate(num_domains: int, step: int) -> float:

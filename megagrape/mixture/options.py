@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from megagrape.errors import ConfigError
@@ -178,3 +178,8 @@ def distribution(field: str, value: Any, names: Sequence[str], *, what: str) -> 
     if total <= 0.0:
         raise option_error(field, value, f"weights >= 0 per {what} with a positive sum")
     return [number / total for number in numbers]
+
+
+def validate(options: object, field: str, check: Callable[..., Any], **limits: Any) -> None:
+    """Run ``check(field, value, **limits)`` on an options dataclass field and store the result."""
+    set_option(options, field, check(field, getattr(options, field), **limits))

@@ -59,8 +59,8 @@ class StaticOptions:
     """Rescale weights whose sum is not 1 instead of rejecting them."""
 
     def __post_init__(self) -> None:
-        opt.set_option(self, "source", opt.choice("source", self.source, SOURCES))
-        opt.set_option(self, "normalize", opt.boolean("normalize", self.normalize))
+        opt.validate(self, "source", opt.choice, choices=SOURCES)
+        opt.validate(self, "normalize", opt.boolean)
         if self.source == "file":
             if not isinstance(self.path, str) or not self.path:
                 raise opt.option_error("path", self.path, 'a weights file path (source: "file")')
