@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -204,6 +209,34 @@ def test_bad_input_names_vector_and_slot(a, b, error, words):
         _C.gram(a, b)
     for word in words:
         assert word in str(caught.value)
+
+
+EMULATION_DIR = Path(__file__).parent / "gram_cuda_emulation"
+CSRC = Path(__file__).parents[1] / "csrc"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++ (C++20)")
+def test_cuda_kernels_in_cpu_emulation(tmp_path):
+    """csrc/gram_cuda.cu's kernels, run on the CPU (tests/gram_cuda_emulation/cuda_mock.h),
+    match a float64 reference: covers the CUDA indexing and reduction where CI has no GPU."""
+    source, launches = re.subn(
+        r"(\w+)<<<(.+?), kThreads, 0, stream>>>\(",
+        r"emulated_launch(\1, \2, kThreads, ",
+        (CSRC / "gram_cuda.cu").read_text(),
+    )
+    assert launches == 2, "the kernel launches in gram_cuda.cu changed: update the rewrite above"
+    (tmp_path / "gram_cuda_emulated.inc").write_text(source)
+    (tmp_path / "cuda_runtime_api.h").write_text('#pragma once\n#include "cuda_mock.h"\n')
+    binary = tmp_path / "emulate_gram"
+    subprocess.run(
+        ["g++", "-std=c++20", "-O2", "-pthread", f"-I{tmp_path}", f"-I{EMULATION_DIR}",
+         f"-I{CSRC}", str(EMULATION_DIR / "emulate_gram.cpp"), "-o", str(binary)],
+        check=True,
+    )  # fmt: skip
+    run = subprocess.run([str(binary)], capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout.count("ok ") == 5, run.stdout
 
 
 def cuda_ready():

@@ -1,0 +1,268 @@
+"""Benchmark of the fused sharded-Gram kernel (megagrape._C.gram).
+
+For K domain vectors and N target vectors of E elements each (default K=16, N=6,
+E=1e8, split into GPT-parameter-shaped slots that are views into one flat buffer per vector,
+the way ZeRO keeps gradients), measured side by side in one run, medians of --repeats:
+
+* the kernel vs the torch loop a user would write (torch.dot per slot per (k, n));
+* the kernel's read bandwidth (bytes of the K + N vectors / time) as a fraction of this
+  machine's own: torch.sum over the same bytes (read as float32), and on CUDA a
+  device-to-device copy (bytes read + written / time).
+
+    python benchmarks/bench_gram.py                      # full size: 22 x 1e8 fp32 = 8.8 GB
+    python benchmarks/bench_gram.py --elements 1000000   # quick
+
+Prints one JSON object (all numbers) and then a short table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from megagrape import _C
+from megagrape.gram import Vectors
+
+VARIANTS = {
+    "fp32": (torch.float32, torch.float32),
+    "bf16": (torch.bfloat16, torch.bfloat16),
+    "fp32xbf16": (torch.float32, torch.bfloat16),
+}
+
+
+def gpt_slot_shapes(total_elements: int) -> list[tuple[int, ...]]:
+    """Parameter shapes of a GPT (embedding, then layers) whose sizes sum to total_elements.
+
+    The hidden size grows with the total (1024 at 1e8). Layers are added parameter by
+    parameter; what is left at the end becomes one flat slot, like the tail of a ZeRO
+    partition that cuts a parameter.
+    """
+    hidden = max(64, 2 ** round(math.log2(math.sqrt(max(total_elements, 1) / 100))))
+    vocab = min(50304, max(1, total_elements // (2 * hidden)))
+    layer = [
+        (3 * hidden, hidden), (3 * hidden,), (hidden, hidden), (hidden,), (hidden,), (hidden,),
+        (4 * hidden, hidden), (4 * hidden,), (hidden, 4 * hidden), (hidden,), (hidden,), (hidden,),
+    ]  # fmt: skip
+    shapes: list[tuple[int, ...]] = []
+    left = total_elements
+    for shape in [(vocab, hidden)] + layer * (total_elements // (12 * hidden * hidden) + 1):
+        size = math.prod(shape)
+        if size > left:
+            break
+        shapes.append(shape)
+        left -= size
+    if left > 0:
+        shapes.append((left,))
+    return shapes
+
+
+def make_vectors(
+    count: int, shapes: list[tuple[int, ...]], dtype: torch.dtype, device: torch.device, seed: int
+) -> tuple[list[list[torch.Tensor]], list[torch.Tensor]]:
+    """`count` random vectors, each one flat buffer with parameter-shaped views as its slots.
+
+    Returns (vectors as lists of slot views, the flat buffers).
+    """
+    gen = torch.Generator(device=device).manual_seed(seed)
+    total = sum(math.prod(s) for s in shapes)
+    vectors, buffers = [], []
+    for _ in range(count):
+        flat = torch.empty(total, dtype=dtype, device=device).normal_(generator=gen)
+        views, offset = [], 0
+        for shape in shapes:
+            size = math.prod(shape)
+            views.append(flat[offset : offset + size].view(shape))
+            offset += size
+        vectors.append(views)
+        buffers.append(flat)
+    return vectors, buffers
+
+
+def torch_dot_gram(a: Vectors, b: Vectors) -> torch.Tensor:
+    """The torch loop a user would write: torch.dot per slot for each (k, n), fp64 total.
+
+    Products run in the inputs' dtype (float32 where a and b differ, upcasting the bf16 side).
+    """
+    device = a[0][0].device
+    out = torch.zeros(len(a), len(b), dtype=torch.float64, device=device)
+    for k, a_vector in enumerate(a):
+        for n, b_vector in enumerate(b):
+            total = torch.zeros((), dtype=torch.float64, device=device)
+            for x, y in zip(a_vector, b_vector):
+                if x.dtype != y.dtype:
+                    x, y = x.float(), y.float()
+                total += torch.dot(x.flatten(), y.flatten()).double()
+            out[k, n] = total
+    return out
+
+
+def measure(
+    fns: dict[str, Callable[[], object]], repeats: int, device: torch.device
+) -> dict[str, list[float]]:
+    """Seconds per call of each fn, round-robin (fn1, fn2, ..., fn1, ...) after one warm-up."""
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    for fn in fns.values():
+        fn()
+    sync()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            sync()
+            start = time.perf_counter()
+            fn()
+            sync()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def vector_bytes(vectors: Vectors) -> int:
+    return sum(t.numel() * t.element_size() for vector in vectors for t in vector)
+
+
+def bench_kernel(a: Vectors, b: Vectors, repeats: int = 5, reference: bool = True) -> dict:
+    """Kernel time (and the torch-dot loop's, side by side), medians in seconds.
+
+    Also returns bytes read (each of the K + N vectors once), the kernel's read bandwidth
+    in GB/s and, with `reference`, the speed-up and max |difference| / max |G|.
+    """
+    device = a[0][0].device
+    a_lists = [list(v) for v in a]
+    b_lists = [list(v) for v in b]
+    fns = {"kernel": lambda: _C.gram(a_lists, b_lists)}
+    if reference:
+        fns["reference"] = lambda: torch_dot_gram(a_lists, b_lists)
+    times = measure(fns, repeats, device)
+    read = vector_bytes(a) + vector_bytes(b)
+    result = {
+        "kernel_s": statistics.median(times["kernel"]),
+        "kernel_all_s": times["kernel"],
+        "bytes_read": read,
+    }
+    result["kernel_gb_s"] = read / result["kernel_s"] / 1e9
+    if reference:
+        result["reference_s"] = statistics.median(times["reference"])
+        result["reference_all_s"] = times["reference"]
+        result["speedup"] = result["reference_s"] / result["kernel_s"]
+        got, want = _C.gram(a_lists, b_lists), torch_dot_gram(a_lists, b_lists)
+        result["max_rel_diff"] = float((got - want).abs().max() / want.abs().max())
+    return result
+
+
+def bench_bandwidth(buffers: list[torch.Tensor], repeats: int = 5) -> dict:
+    """This machine's bandwidth on the same bytes: torch.sum over every buffer (viewed as
+    float32), and on CUDA a device-to-device copy of every buffer (read + write bytes).
+    """
+    device = buffers[0].device
+    as_f32 = [buf.view(torch.float32) if buf.numel() % 2 == 0 else buf.float() for buf in buffers]
+    total = sum(buf.numel() * buf.element_size() for buf in buffers)
+    fns: dict[str, Callable[[], object]] = {"sum": lambda: [t.sum() for t in as_f32]}
+    if device.type == "cuda":
+        scratch = torch.empty_like(max(as_f32, key=torch.Tensor.numel))
+        fns["copy"] = lambda: [scratch[: t.numel()].copy_(t) for t in as_f32]
+    times = measure(fns, repeats, device)
+    result = {"bytes": total, "sum_s": statistics.median(times["sum"])}
+    result["sum_gb_s"] = total / result["sum_s"] / 1e9
+    if "copy" in times:
+        result["copy_s"] = statistics.median(times["copy"])
+        result["copy_gb_s"] = 2 * total / result["copy_s"] / 1e9
+    return result
+
+
+def available_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    with open("/proc/meminfo") as meminfo:
+        for line in meminfo:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 1 << 62
+
+
+def bench_variant(
+    name: str, k: int, n: int, elements: int, device: torch.device, repeats: int
+) -> dict:
+    dtype_a, dtype_b = VARIANTS[name]
+    shapes = gpt_slot_shapes(elements)
+    need = elements * (k * dtype_a.itemsize + n * dtype_b.itemsize)
+    have = available_bytes(device)
+    if need > 0.9 * have:
+        raise SystemExit(
+            f"bench_gram: variant {name} needs {need / 1e9:.1f} GB for {k}+{n} vectors of "
+            f"{elements} elements, but {device} has {have / 1e9:.1f} GB available; "
+            "pass a smaller --elements"
+        )
+    a, a_buffers = make_vectors(k, shapes, dtype_a, device, seed=1)
+    b, b_buffers = make_vectors(n, shapes, dtype_b, device, seed=2)
+    result = {"variant": name, "K": k, "N": n, "elements": elements, "slots": len(shapes)}
+    result.update(bench_kernel(a, b, repeats))
+    bandwidth = bench_bandwidth(a_buffers + b_buffers, repeats)
+    result.update(bandwidth)
+    result["fraction_of_sum_bandwidth"] = result["kernel_gb_s"] / bandwidth["sum_gb_s"]
+    if "copy_gb_s" in bandwidth:
+        result["fraction_of_copy_bandwidth"] = result["kernel_gb_s"] / bandwidth["copy_gb_s"]
+    del a, b, a_buffers, b_buffers
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return result
+
+
+def machine_description(device: torch.device) -> dict:
+    info = {
+        "torch": torch.__version__,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "gram_has_cuda": bool(getattr(_C, "gram_has_cuda", False)),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def print_table(results: list[dict]) -> None:
+    header = f"{'variant':>10} {'kernel s':>9} {'torch s':>9} {'speedup':>8} {'GB/s':>7} {'sum GB/s':>9} {'frac sum':>9} {'frac copy':>9}"
+    print(header)
+    for r in results:
+        copy = (
+            f"{r['fraction_of_copy_bandwidth']:.2f}" if "fraction_of_copy_bandwidth" in r else "-"
+        )
+        print(
+            f"{r['variant']:>10} {r['kernel_s']:9.4f} {r['reference_s']:9.4f} {r['speedup']:8.1f} "
+            f"{r['kernel_gb_s']:7.1f} {r['sum_gb_s']:9.1f} {r['fraction_of_sum_bandwidth']:9.2f} {copy:>9}"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--elements", type=int, default=100_000_000, help="elements per vector")
+    parser.add_argument("--k", type=int, default=16, help="domain vectors (rows)")
+    parser.add_argument("--n", type=int, default=6, help="target vectors (columns)")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--variants", default="fp32,bf16", help=f"comma list of {list(VARIANTS)}")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    names = [v for v in args.variants.split(",") if v]
+    unknown = [v for v in names if v not in VARIANTS]
+    if unknown:
+        parser.error(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
+    results = [bench_variant(v, args.k, args.n, args.elements, device, args.repeats) for v in names]
+    print(json.dumps({"machine": machine_description(device), "results": results}, indent=1))
+    print_table(results)
+
+
+if __name__ == "__main__":
+    main()
