@@ -53,7 +53,7 @@ def evaluate_tasks(
     model.eval()
     results = {}
     for task in tasks:
-        requests = task.eval_requests(seq_length, max_items=max_items)
+        requests = [r for r in task.eval_requests(seq_length) if r.item_index < max_items]
         logprobs = request_logprobs(
             model, requests, pad_id, batch_size, env.device, env.dp_rank, env.dp_size, dp_group
         )

@@ -16,7 +16,6 @@ One optimizer step:
 from __future__ import annotations
 
 import math
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,14 +29,14 @@ from megagrape import parallel
 from megagrape.config import RunConfig, save_config
 from megagrape.data.domains import DomainSpec, build_domain_datasets, count_tokens, discover_domains
 from megagrape.data.sampler import MixtureSampler
-from megagrape.data.targets import load_targets
+from megagrape.data.targets import load_targets, target_name
 from megagrape.data.tokenizer import Tokenizer, check_vocab_fits
 from megagrape.errors import ConfigError
 from megagrape.evaluate import evaluate_tasks
 from megagrape.metrics import MetricsWriter, memory_gb, mfu
 from megagrape.microbatches import collate, plan_microbatches
 from megagrape.mixture import Observation, build_method, hybrid_loss_weights
-from megagrape.mixture.static import resolve_weights_spec
+from megagrape.mixture.static import load_weights_file, natural_weights
 from megagrape.model import build_model, token_losses
 from megagrape.schedule import WarmupDecayLR
 
@@ -111,9 +110,7 @@ class LogWindow:
 def seed_everything(seed: int, step: int, env) -> None:
     """Reseed python/numpy/torch (and the model-parallel dropout RNG) for this step."""
     step_seed = (seed * 1_000_003 + step) % (2**31 - 1)
-    random.seed(step_seed)
-    np.random.seed(step_seed)
-    parallel.seed_all(step_seed, env)
+    parallel.seed_everything(step_seed, env.tp_rank, env.pp_rank)
 
 
 class Trainer:
@@ -146,20 +143,7 @@ class Trainer:
             eod_id=self.tokenizer.eod,
         )
 
-        target_dir = cfg.targets.dir or (
-            str(Path(cfg.data.corpus) / "targets") if cfg.data.corpus else ""
-        )
-        self.tasks = (
-            load_targets(
-                target_dir,
-                self.tokenizer,
-                names=cfg.targets.tasks or None,
-                eval_fraction=cfg.targets.eval_fraction,
-                seed=cfg.seed,
-            )
-            if target_dir
-            else []
-        )
+        self.tasks = self._load_tasks()
         self.task_names = [task.name for task in self.tasks]
 
         initial = resolve_weights_spec(
@@ -170,7 +154,7 @@ class Trainer:
             cfg.mixture.options,
             domain_names=self.domain_names,
             task_names=self.task_names,
-            initial_weights=torch.from_numpy(initial),
+            initial_weights=None if cfg.mixture.method == "static" else torch.from_numpy(initial),
             domain_token_counts=self.token_counts,
         )
         self.apply_loss = cfg.mixture.apply == "loss"
@@ -208,7 +192,7 @@ class Trainer:
             optimizer=optimizer,
             lr_scheduler=lambda opt: WarmupDecayLR(opt, cfg.train),
             config=ds_config,
-            mpu=parallel.mpu() if cfg.parallel.tensor_parallel > 1 else None,
+            mpu=parallel.deepspeed_mpu(env),
         )
         self.capture = None
         if needs_domain_grads or "target_losses" in self.method.needs:
@@ -259,6 +243,29 @@ class Trainer:
                 "run tools/preprocess_data.py first"
             )
         return [specs[name] for name in sorted(specs)]
+
+    def _load_tasks(self) -> list:
+        tcfg, corpus = self.cfg.targets, self.cfg.data.corpus
+        target_dir = Path(tcfg.dir) if tcfg.dir else (Path(corpus) / "targets" if corpus else None)
+        if target_dir is None:
+            return []
+        if tcfg.tasks:
+            found = {
+                target_name(p): p
+                for p in target_dir.iterdir()
+                if p.name.endswith((".jsonl", ".jsonl.gz"))
+            }
+            missing = [name for name in tcfg.tasks if name not in found]
+            if missing:
+                raise ConfigError(
+                    f"targets.tasks names {missing} but {target_dir} only has {sorted(found)}; fix targets.tasks"
+                )
+            source = {name: found[name] for name in tcfg.tasks}
+        else:
+            source = target_dir
+        return load_targets(
+            source, self.tokenizer, eval_fraction=tcfg.eval_fraction, seed=self.cfg.seed
+        )
 
     def _resume(self) -> None:
         root = self.checkpoint_root
@@ -566,6 +573,21 @@ class Trainer:
                 "method": self.method.name,
             },
         )
+
+
+def resolve_weights_spec(
+    spec: str, names: list[str], token_counts: list[int], field_name: str
+) -> np.ndarray:
+    """'uniform', 'natural' (token shares) or a weights file -> float64 [K] on the simplex."""
+    if spec == "uniform":
+        return np.full(len(names), 1.0 / len(names))
+    if spec == "natural":
+        return natural_weights(token_counts, names).numpy()
+    if not Path(spec).is_file():
+        raise ConfigError(
+            f"{field_name}={spec!r} is not 'uniform', 'natural' or an existing weights file"
+        )
+    return load_weights_file(spec, names).numpy()
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
