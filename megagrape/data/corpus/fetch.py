@@ -25,7 +25,7 @@ import tarfile
 import tempfile
 import warnings
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -190,8 +190,15 @@ def _single_file(folder: Path, suffixes: tuple[str, ...]) -> Path | None:
     return found[0] if len(found) == 1 else None
 
 
-def _download_into(package: Package, folder: Path, suffixes: tuple[str, ...], command, fix: str):
-    """Run ``command(tmp_dir)`` in a fresh temp folder and move its single output into ``folder``."""
+def _download_into(
+    package: Package,
+    folder: Path,
+    suffixes: tuple[str, ...],
+    command: Callable[[Path], list[str]],
+    fix: str,
+) -> Path:
+    """The single ``suffixes`` file in ``folder``; if absent, run ``command(tmp_dir)`` in a
+    fresh temp folder next to it and move the one file it produced into ``folder``."""
     cached = _single_file(folder, suffixes) if folder.is_dir() else None
     if cached is not None:
         return cached
