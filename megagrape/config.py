@@ -131,10 +131,31 @@ class MixtureConfig:
     """Method options (see docs/methods.md), validated by the method itself."""
     reference_checkpoint: str = ""
     """DoReMi: checkpoint directory of the reference model."""
+    capture_dtype: str = "float32"
+    """Storage of the N target gradients kept during an event: float32 or bfloat16."""
+    capture_device: str = "auto"
+    """Where the target gradients live: auto (the model's device) or cpu (saves N x P device memory)."""
+    probe_samples: int = 8
+    """Samples per probe of a domain that is absent from an event step's global batch."""
 
     def validate(self) -> None:
         _require(self.interval >= 1, "mixture.interval", self.interval, "allowed: an integer >= 1")
         _require(self.warmup_steps >= 0, "mixture.warmup_steps", self.warmup_steps, "allowed: >= 0")
+        _require(
+            self.capture_dtype in ("float32", "bfloat16"),
+            "mixture.capture_dtype",
+            self.capture_dtype,
+            "allowed: float32 or bfloat16",
+        )
+        _require(
+            self.capture_device in ("auto", "cpu"),
+            "mixture.capture_device",
+            self.capture_device,
+            "allowed: auto or cpu",
+        )
+        _require(
+            self.probe_samples >= 1, "mixture.probe_samples", self.probe_samples, "allowed: >= 1"
+        )
         _require(
             self.apply in APPLY_MODES,
             "mixture.apply",
@@ -165,6 +186,9 @@ class TrainConfig:
     adam_eps: float = 1e-8
     clip_grad: float = 1.0
     """Global gradient-norm clip (0 = off); written into the DeepSpeed config."""
+    exit_interval: int = 0
+    """Save a checkpoint and exit after every N optimizer steps of this invocation (0 = off), for
+    jobs that must fit a scheduler's time limit: the next launch resumes where this one stopped."""
     microbatch_schedule: str = "auto"
     """fixed: GAS equal micro-batches; by_domain: domain-pure micro-batch rounds aligned across
     ranks (needed to read per-domain gradients from training micro-batches); auto: by_domain
@@ -201,6 +225,9 @@ class TrainConfig:
             value = getattr(self, name)
             _require(0 <= value < 1, f"train.{name}", value, "allowed: 0 <= beta < 1")
         _require(_positive(self.adam_eps), "train.adam_eps", self.adam_eps, "allowed: > 0")
+        _require(
+            self.exit_interval >= 0, "train.exit_interval", self.exit_interval, "allowed: >= 0"
+        )
         _require(self.clip_grad >= 0, "train.clip_grad", self.clip_grad, "allowed: >= 0 (0 = off)")
         _require(
             self.microbatch_schedule in MICROBATCH_SCHEDULES,

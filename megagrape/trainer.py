@@ -31,13 +31,15 @@ from megagrape.data.domains import DomainSpec, build_domain_datasets, count_toke
 from megagrape.data.sampler import MixtureSampler
 from megagrape.data.targets import load_targets, target_name
 from megagrape.data.tokenizer import Tokenizer, check_vocab_fits
+from megagrape.ds_config import zero_stage
 from megagrape.errors import ConfigError
 from megagrape.evaluate import evaluate_tasks
 from megagrape.metrics import MetricsWriter, memory_gb, mfu
 from megagrape.microbatches import collate, plan_microbatches
 from megagrape.mixture import Observation, build_method, hybrid_loss_weights
 from megagrape.mixture.static import load_weights_file, natural_weights
-from megagrape.model import build_model, token_losses
+from megagrape.model import build_model, pipeline_batch, pipeline_loss_fn, token_losses
+from megagrape.reference import ReferenceModel
 from megagrape.schedule import WarmupDecayLR
 
 
@@ -48,6 +50,7 @@ class StepRecord:
     loss: float
     domain_loss_sums: np.ndarray  # float64 [K]
     domain_counts: np.ndarray  # float64 [K]
+    domain_excess_sums: np.ndarray  # float64 [K] DoReMi: sums of per-sample excess loss
     tokens: int
     seconds: float
     grad_norm: float
@@ -59,26 +62,41 @@ class EventAccumulator:
 
     loss_sums: np.ndarray
     counts: np.ndarray
-    excess_sums: np.ndarray | None = None
+    excess_sums: np.ndarray
 
     def add(self, record: StepRecord) -> None:
         self.loss_sums += record.domain_loss_sums
         self.counts += record.domain_counts
+        self.excess_sums += record.domain_excess_sums
+
+    def _per_domain(self, sums: np.ndarray) -> torch.Tensor:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return torch.from_numpy(np.where(self.counts > 0, sums / self.counts, np.nan))
 
     def means(self) -> torch.Tensor:
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return torch.from_numpy(np.where(self.counts > 0, self.loss_sums / self.counts, np.nan))
+        """[K] mean training loss per domain since the last event (NaN where absent)."""
+        return self._per_domain(self.loss_sums)
+
+    def excess_means(self) -> torch.Tensor:
+        """[K] mean DoReMi excess loss per domain since the last event (NaN where absent)."""
+        return self._per_domain(self.excess_sums)
 
     def reset(self) -> None:
         self.loss_sums[:] = 0
         self.counts[:] = 0
+        self.excess_sums[:] = 0
 
     def state_dict(self) -> dict:
-        return {"loss_sums": self.loss_sums.tolist(), "counts": self.counts.tolist()}
+        return {
+            "loss_sums": self.loss_sums.tolist(),
+            "counts": self.counts.tolist(),
+            "excess_sums": self.excess_sums.tolist(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.loss_sums[:] = state["loss_sums"]
         self.counts[:] = state["counts"]
+        self.excess_sums[:] = state["excess_sums"]
 
 
 @dataclass
@@ -127,6 +145,7 @@ class Trainer:
 
         self.tokenizer = Tokenizer.load(Path(cfg.data.resolved_tokenizer()))
         check_vocab_fits(self.tokenizer, cfg.model.vocab_size, where="model.vocab_size")
+        self.tokenizer_fingerprint = self.tokenizer.fingerprint
 
         self.domain_specs = self._domain_specs()
         self.domain_names = [spec.name for spec in self.domain_specs]
@@ -175,10 +194,21 @@ class Trainer:
         )
         needs_domain_grads = bool(self.method.needs & {"domain_target_gram", "domain_gram"})
         schedule = cfg.train.microbatch_schedule
+        if cfg.parallel.pipeline_parallel > 1 and schedule == "by_domain":
+            raise ConfigError(
+                "train.microbatch_schedule=by_domain is not supported with pipeline parallelism: DeepSpeed's "
+                "pipeline engine runs a fixed number of equal micro-batches; use fixed or auto"
+            )
         if schedule == "auto":
             schedule = "by_domain" if needs_domain_grads else "fixed"
         self.schedule = schedule
 
+        self.pipelined = cfg.parallel.pipeline_parallel > 1
+        if self.pipelined and self.apply_loss:
+            raise ConfigError(
+                "mixture.apply=loss is not supported with parallel.pipeline_parallel > 1 (DeepSpeed's "
+                "pipeline loss is a per-micro-batch mean); use mixture.apply=sample"
+            )
         self.model = build_model(cfg.model, env)
         optimizer = torch.optim.AdamW(
             _param_groups(self.model, cfg.train.weight_decay),
@@ -194,6 +224,14 @@ class Trainer:
             config=ds_config,
             mpu=parallel.deepspeed_mpu(env),
         )
+        self.zero_stage = zero_stage(ds_config)
+        self.reference = (
+            ReferenceModel(cfg, env, cfg.mixture.reference_checkpoint, self.tokenizer_fingerprint)
+            if "domain_excess_losses" in self.method.needs
+            else None
+        )
+        self.current_batch = None
+        self.last_observation: Observation | None = None
         self.capture = None
         if needs_domain_grads or "target_losses" in self.method.needs:
             from megagrape.gradients import GradientCapture
@@ -201,9 +239,10 @@ class Trainer:
             self.capture = GradientCapture(self, needs=self.method.needs)
 
         k = len(self.domain_names)
-        self.event_acc = EventAccumulator(np.zeros(k), np.zeros(k))
+        self.event_acc = EventAccumulator(np.zeros(k), np.zeros(k), np.zeros(k))
         self.average = None  # time-averaged alpha, see _record_average
         self.step = 0
+        self.history: dict[str, list] = {"loss": [], "eval": []}
         self.previous_target_losses: torch.Tensor | None = None
         self._resume()
         if self.rank0:
@@ -310,24 +349,76 @@ class Trainer:
             return None
         return hybrid_loss_weights(self.method.domain_weights, torch.from_numpy(self.sampling))
 
+    def domain_loss_scale(self) -> np.ndarray:
+        """[K] factor on each domain's per-sample loss in this step (alpha/s for apply: loss, else 1)."""
+        weights = self._loss_weights()
+        return np.ones(len(self.domain_names)) if weights is None else weights.double().numpy()
+
     def train_step(self) -> StepRecord:
         cfg, env = self.cfg, self.env
         seed_everything(cfg.seed, self.step, env)
         started = time.perf_counter()
-        batch = self.sampler.next_global_batch()
+        batch = self.current_batch = self.sampler.next_global_batch()
         plan = plan_microbatches(
             batch, env.dp_rank, env.dp_size, cfg.train.micro_batch_size, self.schedule
         )
         event = self._is_event(self.step)
-        capture = self.capture if event else None
-        if capture is not None:
-            capture.begin_step(self.step)
-        domain_weights = self._loss_weights()
-        local_size = cfg.train.global_batch_size // env.dp_size
         k = len(self.domain_names)
-        sums = torch.zeros(k, dtype=torch.float64)
-        counts = torch.zeros(k, dtype=torch.float64)
-        loss_total = torch.zeros((), dtype=torch.float64)
+        # Per-domain sums of per-sample losses (and DoReMi excess losses), counts, total loss.
+        stats = torch.zeros(3 * k + 1, dtype=torch.float64)
+        observed = None
+        if self.pipelined:
+            self._pipeline_step(plan, stats)
+        else:
+            capture = self.capture if event else None
+            if capture is not None:
+                capture.begin_step(self.step)
+            self._engine_microbatches(plan, stats, capture)
+            observed = capture.end_step() if capture is not None else None
+            self.engine.step()
+        # Every rank holds the same per-step statistics: only one copy per data-parallel replica
+        # (last pipeline stage, tensor-parallel rank 0) contributes to the sum.
+        if not (env.is_last_stage and env.tp_rank == 0):
+            stats.zero_()
+        stats = stats.to(env.device)
+        if env.world_size > 1:
+            torch.distributed.all_reduce(stats)
+        stats = stats.cpu().numpy()
+        counts = stats[k : 2 * k]
+        record = StepRecord(
+            loss=float(stats[-1] / max(counts.sum(), 1)),
+            domain_loss_sums=stats[:k],
+            domain_counts=counts,
+            domain_excess_sums=stats[2 * k : 3 * k],
+            tokens=cfg.train.global_batch_size * cfg.model.seq_length,
+            seconds=0.0,
+            grad_norm=float(self.engine.get_global_grad_norm() or 0.0),
+        )
+        self.event_acc.add(record)
+        self.step += 1
+        if event:
+            self._reweight(observed)
+        record.seconds = time.perf_counter() - started
+        return record
+
+    def _accumulate(
+        self, stats: torch.Tensor, micro, per_sample: torch.Tensor, excess: torch.Tensor | None
+    ) -> None:
+        k = len(self.domain_names)
+        real = torch.from_numpy(micro.loss_weights > 0)
+        ids = torch.from_numpy(micro.domain_ids)[real]
+        values = per_sample.detach().double().cpu()[real]
+        stats[:k].index_add_(0, ids, values)
+        stats[k : 2 * k].index_add_(0, ids, torch.ones(len(ids), dtype=torch.float64))
+        if excess is not None:
+            stats[2 * k : 3 * k].index_add_(0, ids, excess.double().cpu()[real])
+        stats[-1] += values.sum()
+
+    def _engine_microbatches(self, plan, stats: torch.Tensor, capture) -> None:
+        """Forward/backward every micro-batch through the DeepSpeed engine (PP == 1)."""
+        env = self.env
+        domain_weights = self._loss_weights()
+        local_size = self.cfg.train.global_batch_size // env.dp_size
         for micro in plan:
             tensors = collate(self.datasets, micro, env.device)
             per_token = token_losses(self.engine, tensors)
@@ -340,32 +431,23 @@ class Trainer:
             self.engine.backward(loss, scale_wrt_gas=False)
             if capture is not None:
                 capture.after_microbatch(micro)
-            real = torch.from_numpy(micro.loss_weights > 0)
-            detached = per_sample.detach().double().cpu()
-            ids = torch.from_numpy(micro.domain_ids)
-            sums.index_add_(0, ids[real], detached[real])
-            counts.index_add_(0, ids[real], torch.ones(int(real.sum()), dtype=torch.float64))
-            loss_total += (detached[real]).sum()
-        observed = capture.end_step() if capture is not None else None
-        self.engine.step()
-        stats = torch.cat([sums, counts, loss_total.reshape(1)]).to(env.device)
-        if env.dp_size > 1:
-            torch.distributed.all_reduce(stats, group=self.dp_group)
-        stats = stats.cpu().numpy()
-        record = StepRecord(
-            loss=float(stats[-1] / max(stats[k : 2 * k].sum(), 1)),
-            domain_loss_sums=stats[:k],
-            domain_counts=stats[k : 2 * k],
-            tokens=cfg.train.global_batch_size * cfg.model.seq_length,
-            seconds=0.0,
-            grad_norm=float(self.engine.get_global_grad_norm() or 0.0),
-        )
-        self.event_acc.add(record)
-        self.step += 1
-        if event:
-            self._reweight(observed)
-        record.seconds = time.perf_counter() - started
-        return record
+            excess = None
+            if self.reference is not None:
+                excess = self.reference.excess_losses(tensors, per_token.detach())
+            self._accumulate(stats, micro, per_sample, excess)
+
+    def _pipeline_step(self, plan, stats: torch.Tensor) -> None:
+        """One DeepSpeed pipeline ``train_batch`` (forward, backward and optimizer step)."""
+        loss_fn = pipeline_loss_fn(self.engine)
+        loss_fn.record_token_losses = True
+        batches = [collate(self.datasets, micro, self.env.device) for micro in plan]
+        self.engine.train_batch(data_iter=iter([pipeline_batch(b) for b in batches]))
+        recorded = loss_fn.take_token_losses()
+        loss_fn.record_token_losses = False
+        for micro, tensors, per_token in zip(plan, batches, recorded):
+            mask = tensors["loss_mask"]
+            per_sample = (per_token.float() * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+            self._accumulate(stats, micro, per_sample, None)
 
     # ----------------------------------------------------------------------------- events
     def _reweight(self, observed) -> None:
@@ -375,6 +457,9 @@ class Trainer:
             lr=float(self.engine.get_lr()[0]),
             domain_losses=self.event_acc.means(),
             domain_sample_counts=torch.from_numpy(self.event_acc.counts.copy()),
+            domain_excess_losses=self.event_acc.excess_means()
+            if self.reference is not None
+            else None,
             previous_target_losses=self.previous_target_losses,
         )
         if observed is not None:
@@ -383,6 +468,7 @@ class Trainer:
             obs.target_losses = observed.target_losses
             self.previous_target_losses = observed.target_losses
         update = self.method.update(obs)
+        self.last_observation = obs
         alpha = update.domain_weights.double()
         if not parallel.all_ranks_agree(alpha):
             raise RuntimeError(
@@ -445,7 +531,11 @@ class Trainer:
         self.average["steps"] = n + 1
 
     # ----------------------------------------------------------------------------- loop
+    def _due(self, interval: int) -> bool:
+        return interval > 0 and self.step % interval == 0
+
     def train(self) -> dict:
+        """Train to train.iters (or to train.exit_interval steps of this invocation); returns a summary."""
         cfg = self.cfg
         window = LogWindow()
         bar = tqdm(
@@ -456,31 +546,37 @@ class Trainer:
             unit="step",
             dynamic_ncols=True,
         )
-        last_eval: dict = {}
-        while self.step < cfg.train.train_iters:
+        started_at, last_eval, exited = self.step, {}, False
+        while self.step < cfg.train.train_iters and not exited:
             self._record_average()
             record = self.train_step()
+            self.history["loss"].append(record.loss)
             window.add(record)
             bar.update(1)
-            if self.step % cfg.logging.interval == 0 or self.step == cfg.train.train_iters:
+            done = self.step == cfg.train.train_iters
+            exited = (
+                not done
+                and cfg.train.exit_interval > 0
+                and (self.step - started_at) % cfg.train.exit_interval == 0
+            )
+            if self._due(cfg.logging.interval) or done or exited:
                 self._log_window(window, bar)
                 window = LogWindow()
-            if (
-                cfg.targets.eval_interval
-                and self.step % cfg.targets.eval_interval == 0
-                and self.tasks
+            if self.tasks and (
+                self._due(cfg.targets.eval_interval) or (done and not cfg.targets.eval_interval)
             ):
                 last_eval = self.evaluate()
-            if cfg.checkpoint.interval and self.step % cfg.checkpoint.interval == 0:
+            if self._due(cfg.checkpoint.interval) or done or exited:
                 self.save()
         bar.close()
-        if self.tasks and (not cfg.targets.eval_interval or self.step % cfg.targets.eval_interval):
-            last_eval = self.evaluate()
-        if not cfg.checkpoint.interval or self.step % cfg.checkpoint.interval:
-            self.save()
-        self._write_average()
+        if exited and self.rank0:
+            tqdm.write(
+                f"[megagrape] train.exit_interval reached at step {self.step}; relaunch to resume"
+            )
+        if not exited:
+            self._write_average()
         self.metrics.close()
-        return {"step": self.step, "eval": last_eval}
+        return {"step": self.step, "eval": last_eval, "history": self.history, "exited": exited}
 
     def _log_window(self, window: LogWindow, bar) -> None:
         steps = max(window.steps, 1)
@@ -524,6 +620,9 @@ class Trainer:
             tcfg.eval_batch_size,
             self.env,
             self.dp_group,
+            pipeline_shape=(self.cfg.train.micro_batch_size, self.cfg.model.seq_length)
+            if self.pipelined
+            else None,
         )
         scalars = {
             f"target/{task}/{metric}": value
@@ -537,11 +636,13 @@ class Trainer:
                 for task, scores in results.items()
             )
             tqdm.write(f"[eval] step {self.step}: {summary}")
+        self.history["eval"].append({"step": self.step, "results": results})
         return results
 
     def state_dict(self) -> dict:
         return {
             "step": self.step,
+            "tokenizer_fingerprint": self.tokenizer_fingerprint,
             "sampler": self.sampler.state_dict(),
             "method": self.method.state_dict(),
             "event_accumulator": self.event_acc.state_dict(),
@@ -601,3 +702,26 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
+
+
+def run_training(cfg: RunConfig, ds_raw: dict, ds_source: str = "DeepSpeed config") -> dict:
+    """Start the process group, train, tear down; returns ``Trainer.train()``'s summary.
+
+    The config must already be validated (tools/pretrain_grape.py does it before any process
+    group exists).
+    """
+    from megagrape.ds_config import resolve_ds_config
+
+    env = parallel.init_distributed(cfg.parallel, cfg.seed)
+    try:
+        ds_config = resolve_ds_config(
+            ds_raw,
+            cfg,
+            env.world_size,
+            env.device,
+            pipeline=cfg.parallel.pipeline_parallel > 1,
+            source=ds_source,
+        )
+        return Trainer(cfg, ds_config, env).train()
+    finally:
+        parallel.destroy_distributed()

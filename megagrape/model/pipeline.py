@@ -156,7 +156,7 @@ class PipelineLoss:
             logits, labels.transpose(0, 1).contiguous()
         ).transpose(0, 1)
         if self.record_token_losses:
-            self._recorded.append(losses.detach().float().clone())
+            self._recorded.append(losses.detach().float().contiguous().clone())
         return masked_mean(losses, loss_mask)
 
     def take_token_losses(self) -> list[torch.Tensor]:

@@ -1,0 +1,52 @@
+"""Run configs and in-process training helpers for the engine tests (tiny model, test corpus)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from megagrape.config import RunConfig, load_config
+
+
+def tiny_config(corpus: Path, out: Path, name: str, *overrides: str) -> RunConfig:
+    """A 2-layer GPT on the test corpus: 8 sequences of 64 tokens per step, 2 per micro-batch."""
+    base = [
+        f"name={name}",
+        f"output_dir={out}",
+        f"data.corpus={corpus}",
+        f"data.cache_dir={out}/cache",
+        "model.num_layers=2",
+        "model.hidden_size=64",
+        "model.num_attention_heads=4",
+        "model.seq_length=64",
+        "model.vocab_size=2048",
+        "train.train_iters=12",
+        "train.global_batch_size=8",
+        "train.micro_batch_size=2",
+        "train.lr=3e-3",
+        "train.min_lr=3e-4",
+        "train.lr_warmup_iters=2",
+        "targets.eval_max_items=16",
+        "targets.signal_batch_size=4",
+        "mixture.method=static",
+        "logging.progress_bar=false",
+        "logging.interval=4",
+        "checkpoint.interval=0",
+    ]
+    return load_config(None, [*base, *overrides])
+
+
+def train_in_process(cfg: RunConfig, ds_path: str, env):
+    """Build a Trainer in an already initialised process group, train, return (trainer, summary)."""
+    from megagrape.ds_config import read_ds_config, resolve_ds_config
+    from megagrape.trainer import Trainer
+
+    ds = resolve_ds_config(
+        read_ds_config(ds_path),
+        cfg,
+        env.world_size,
+        env.device,
+        pipeline=cfg.parallel.pipeline_parallel > 1,
+    )
+    trainer = Trainer(cfg, ds, env)
+    summary = trainer.train()
+    return trainer, summary
