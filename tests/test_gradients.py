@@ -1,0 +1,148 @@
+"""Sharded gradient capture: the Gram matrices from DP/TP shards under ZeRO 0/1/2 equal the Gram of
+full gradients computed in one process; capture never changes training."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from megagrape.errors import ConfigError
+from megagrape.gradients import capture_mode
+from tests.dist_utils import run_distributed
+from tests.run_utils import tiny_config
+
+ALL_NEEDS = frozenset({"domain_target_gram", "domain_gram", "target_losses"})
+GRAPE = ("mixture.method=grape", "mixture.interval=1", "train.train_iters=1")
+
+
+def _trainer(corpus, out, name, ds_path, overrides):
+    from megagrape import parallel
+    from megagrape.ds_config import read_ds_config, resolve_ds_config
+    from megagrape.trainer import Trainer
+
+    cfg = tiny_config(corpus, out, name, *overrides)
+    env = parallel.init_distributed(cfg.parallel, cfg.seed)
+    ds = resolve_ds_config(read_ds_config(ds_path), cfg, env.world_size, env.device, pipeline=False)
+    return Trainer(cfg, ds, env), env
+
+
+def _sharded_capture(rank, world_size, corpus, out, ds_path, overrides):
+    from megagrape import parallel
+    from megagrape.gradients import GradientCapture
+
+    trainer, _env = _trainer(corpus, out, f"cap{rank}", ds_path, (*GRAPE, *overrides))
+    trainer.capture = GradientCapture(trainer, needs=ALL_NEEDS)
+    trainer.train_step()
+    obs = trainer.last_observation
+    parallel.destroy_distributed()
+    return {
+        "G": obs.domain_target_gram.numpy(),
+        "D": obs.domain_gram.numpy(),
+        "losses": obs.target_losses.numpy(),
+        "mode": trainer.capture.mode,
+    }
+
+
+def _reference(rank, world_size, corpus, out):
+    """Full-model gradients of the same step-0 batch and signal batches, by plain autograd."""
+    from megagrape import parallel
+    from megagrape.microbatches import MicroBatch, collate
+    from megagrape.model import build_model, token_losses
+
+    trainer, env = _trainer(corpus, out, "ref", "configs/ds/zero0.json", GRAPE)
+    model = build_model(trainer.cfg.model, env)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def flat_grad(batch, weights):
+        losses = token_losses(model, batch)
+        mask = batch["loss_mask"]
+        per_item = (losses * mask).sum(1) / mask.sum(1)
+        grads = torch.autograd.grad((per_item * weights).sum(), params)
+        return torch.cat([g.reshape(-1) for g in grads]).double(), float((per_item * weights).sum())
+
+    batch = trainer.sampler.peek(0, trainer.cfg.train.global_batch_size)
+    domain_ids, sample_ids = batch
+    k = len(trainer.domain_names)
+    assert sorted(set(domain_ids.tolist())) == list(range(k)), (
+        "every domain must be in the first batch"
+    )
+    g = []
+    for d in range(k):
+        ids = sample_ids[domain_ids == d].astype(np.int64)
+        micro = MicroBatch(np.full(len(ids), d), ids, np.ones(len(ids)), d)
+        tensors = collate(trainer.datasets, micro, env.device)
+        g.append(flat_grad(tensors, torch.full((len(ids),), 1.0 / len(ids)))[0])
+    h, losses = [], []
+    for task in trainer.tasks:
+        indices = task.signal_indices(0, trainer.cfg.targets.signal_batch_size, trainer.cfg.seed)
+        tensors = task.signal_batch(indices, trainer.cfg.model.seq_length)
+        grad, loss = flat_grad(tensors, torch.full((len(indices),), 1.0 / len(indices)))
+        h.append(grad)
+        losses.append(loss)
+    g, h = torch.stack(g), torch.stack(h)
+    parallel.destroy_distributed()
+    return {"G": (g @ h.T).numpy(), "D": (g @ g.T).numpy(), "losses": np.array(losses)}
+
+
+@pytest.fixture(scope="module")
+def reference(test_corpus, tmp_path_factory):
+    return run_distributed(_reference, 1, args=(test_corpus, tmp_path_factory.mktemp("ref")))[0]
+
+
+@pytest.mark.parametrize(
+    ("ds_path", "overrides", "mode"),
+    [
+        ("configs/ds/zero0.json", (), "linear"),
+        ("configs/ds/zero1.json", (), "linear"),
+        ("configs/ds/zero2.json", (), "probe"),
+        ("configs/ds/zero1.json", ("parallel.tensor_parallel=2",), "linear"),
+    ],
+    ids=["dp2-zero0", "dp2-zero1", "dp2-zero2", "tp2-zero1"],
+)
+def test_sharded_gram_equals_full_gram(test_corpus, tmp_path, reference, ds_path, overrides, mode):
+    results = run_distributed(_sharded_capture, 2, args=(test_corpus, tmp_path, ds_path, overrides))
+    for key in ("G", "D", "losses"):
+        np.testing.assert_array_equal(results[0][key], results[1][key])  # every rank agrees
+    assert results[0]["mode"] == mode
+    for key in ("G", "D"):
+        ref = reference[key]
+        scale = np.abs(ref).max()
+        assert scale > 0
+        np.testing.assert_allclose(results[0][key], ref, rtol=0, atol=1e-5 * scale, err_msg=key)
+    np.testing.assert_allclose(results[0]["losses"], reference["losses"], rtol=1e-5)
+
+
+def _params_after_one_step(rank, world_size, corpus, out, interval):
+    from megagrape import parallel
+
+    trainer, _env = _trainer(
+        corpus,
+        out,
+        f"p{interval}",
+        "configs/ds/zero1.json",
+        (*GRAPE[:1], f"mixture.interval={interval}", "train.train_iters=1"),
+    )
+    trainer.train_step()
+    captured = trainer.last_observation is not None
+    flat = torch.cat([p.detach().reshape(-1) for p in trainer.engine.module.parameters()]).clone()
+    parallel.destroy_distributed()
+    return {"params": flat.numpy(), "captured": captured}
+
+
+def test_capture_leaves_training_bit_identical(test_corpus, tmp_path):
+    with_capture = run_distributed(_params_after_one_step, 2, args=(test_corpus, tmp_path, 1))
+    without = run_distributed(_params_after_one_step, 2, args=(test_corpus, tmp_path, 1000))
+    assert with_capture[0]["captured"] and not without[0]["captured"]
+    np.testing.assert_array_equal(with_capture[0]["params"], without[0]["params"])
+
+
+@pytest.mark.parametrize(
+    ("stage", "pp", "message"),
+    [(3, 1, "ZeRO stage 3"), (1, 2, "pipeline parallelism")],
+)
+def test_unsupported_combinations_are_named(stage, pp, message):
+    with pytest.raises(ConfigError, match=message):
+        capture_mode(stage, pp, "grape")
+    assert capture_mode(1, 1, "grape") == "linear"
+    assert capture_mode(2, 1, "grape") == "probe"
