@@ -301,7 +301,7 @@ class RunConfig:
             self.name,
             "allowed: a non-empty name without '/'",
         )
-        self.parallel.validate(world_size)
+        self.parallel.validate()
         self.model.validate(self.parallel)
         for section in (
             self.data,
@@ -313,6 +313,7 @@ class RunConfig:
         ):
             section.validate()
         if world_size is not None:
+            self.parallel.validate(world_size)
             self.validate_batch_arithmetic(world_size)
 
     def data_parallel_size(self, world_size: int) -> int:

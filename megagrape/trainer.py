@@ -520,7 +520,7 @@ class Trainer:
         alpha = (
             self.method.domain_weights.double()
             if self.apply_loss
-            else torch.from_numpy(self.sampler.current_weights)
+            else torch.tensor(self.sampler.current_weights)
         )
         if self.average is None:
             self.average = {"steps": 0, "domain_weights": [0.0] * len(alpha)}

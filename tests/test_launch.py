@@ -1,0 +1,165 @@
+"""The command-line entry point as users run it: kill during a checkpoint write, crashed ranks, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from megagrape.config import save_config
+from tests.run_utils import tiny_config
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = str(REPO / "tools" / "pretrain_grape.py")
+
+
+def write_config(corpus: Path, out: Path, name: str, *overrides: str) -> Path:
+    path = out / f"{name}.yaml"
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(tiny_config(corpus, out, name, *overrides), path)
+    return path
+
+
+def launch(config: Path, *extra: str, env=None, ds="configs/ds/zero1.json", timeout=600):
+    return subprocess.run(
+        [sys.executable, SCRIPT, "--ds_config", ds, "--config", str(config), *extra],
+        cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def final_weights(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
+    path = run_dir / "checkpoints" / f"step_{step:06d}" / "mp_rank_00_model_states.pt"
+    return torch.load(path, map_location="cpu", weights_only=False)["module"]
+
+
+def test_sigkill_during_checkpoint_write_resumes_exactly(test_corpus, tmp_path):
+    grape = (
+        "mixture.method=grape",
+        "mixture.interval=2",
+        "train.train_iters=12",
+        "checkpoint.interval=4",
+    )
+    full = launch(write_config(test_corpus, tmp_path, "full", *grape))
+    assert full.returncode == 0, full.stderr[-3000:]
+
+    config = write_config(test_corpus, tmp_path, "killed", *grape)
+    killed = launch(config, env={"MEGAGRAPE_TEST_KILL_BEFORE_COMPLETE": "8"})
+    assert killed.returncode == -signal.SIGKILL
+    ckpts = tmp_path / "killed" / "checkpoints"
+    assert (ckpts / "step_000008.partial").is_dir(), "the kill must land inside the save"
+    assert (ckpts / "step_000004" / "COMPLETE.json").is_file()
+
+    resumed = launch(config)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    output = resumed.stdout + resumed.stderr
+    assert "resumed from" in output and "step_000004 at step 4" in output
+    assert not (ckpts / "step_000008.partial").exists(), "stale partial checkpoints are cleaned up"
+    ours, theirs = final_weights(tmp_path / "killed", 12), final_weights(tmp_path / "full", 12)
+    assert ours.keys() == theirs.keys()
+    tensors = [name for name in ours if torch.is_tensor(ours[name])]
+    assert len(tensors) > 10
+    for name in tensors:
+        assert torch.equal(ours[name], theirs[name]), f"{name} differs after resume"
+    events = [
+        json.loads(x) for x in (tmp_path / "killed" / "mixture.jsonl").read_text().splitlines()
+    ]
+    reference = [
+        json.loads(x) for x in (tmp_path / "full" / "mixture.jsonl").read_text().splitlines()
+    ]
+    assert [e["step"] for e in events] == [2, 4, 6, 8, 10, 12]
+    assert [e["domain_weights"] for e in events] == [e["domain_weights"] for e in reference]
+
+
+def test_corrupt_newest_checkpoint_falls_back_with_a_note(test_corpus, tmp_path):
+    config = write_config(
+        test_corpus, tmp_path, "corrupt", "train.train_iters=8", "checkpoint.interval=4"
+    )
+    assert launch(config, "train.exit_interval=8").returncode == 0
+    newest = tmp_path / "corrupt" / "checkpoints" / "step_000008"
+    (newest / "mp_rank_00_model_states.pt").write_bytes(b"truncated")
+    again = launch(config)
+    assert again.returncode == 0, again.stderr[-3000:]
+    output = again.stdout + again.stderr
+    assert "skipping checkpoint" in output and "step_000008" in output
+    assert "step_000004 at step 4" in output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("train.lr_decay=cosine",), "did you mean 'lr_decay_style'"),
+        (
+            ("model.num_attention_heads=3", "model.hidden_size=48", "parallel.tensor_parallel=2"),
+            "num_attention_heads",
+        ),
+        (("data.domains=[code,poetry]",), "data.domains names ['poetry']"),
+        (("model.vocab_size=512",), "vocab"),
+    ],
+)
+def test_bad_input_exits_with_a_clear_message(test_corpus, tmp_path, args, message):
+    result = launch(write_config(test_corpus, tmp_path, "bad"), *args, timeout=300)
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+def test_missing_data_prefix_is_named(test_corpus, tmp_path):
+    result = launch(
+        write_config(test_corpus, tmp_path, "nodata"),
+        "data.prefixes={ghost: /nonexistent/ghost_text_document}",
+    )
+    assert result.returncode == 2
+    assert "/nonexistent/ghost_text_document" in result.stderr
+
+
+def test_crashed_rank_ends_the_job(test_corpus, tmp_path):
+    """torchrun with 2 ranks; SIGKILL one mid-training: the launcher must exit non-zero, not hang."""
+    config = write_config(
+        test_corpus, tmp_path, "crash", "train.train_iters=100000", "logging.interval=1"
+    )
+    job = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            SCRIPT,
+            "--ds_config",
+            "configs/ds/zero1.json",
+            "--config",
+            str(config),
+        ],
+        cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines = []
+    for line in job.stdout:
+        lines.append(line)
+        if line.startswith("step "):
+            break
+    else:
+        pytest.fail("training never logged a step:\n" + "".join(lines[-50:]))
+    workers = subprocess.run(
+        ["pgrep", "-f", "-P", str(job.pid), "pretrain_grape"], capture_output=True, text=True
+    )
+    pids = [int(p) for p in workers.stdout.split()]
+    assert len(pids) == 2, workers.stdout
+    killed_at = time.monotonic()
+    os.kill(pids[-1], signal.SIGKILL)
+    code = job.wait(timeout=120)
+    assert code != 0
+    assert time.monotonic() - killed_at < 120
