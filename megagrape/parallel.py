@@ -363,7 +363,11 @@ def destroy_distributed() -> None:
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()
     if dist.is_initialized():
-        dist.destroy_process_group()
+        # Through deepspeed.comm, which also drops the groups DeepSpeed cached (deepspeed.utils.groups),
+        # so an engine built after a re-initialisation in the same process uses the new groups.
+        import deepspeed.comm
+
+        deepspeed.comm.destroy_process_group()
     _ENV = None
 
 

@@ -28,8 +28,11 @@ def fake_tools(bin_dir: Path) -> None:
 
 def render(tmp_path: Path, launcher: str, extra_env=None) -> subprocess.CompletedProcess:
     fake_tools(tmp_path / "bin")
+    inherited = {
+        k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "DS_CONFIG")
+    }
     env = {
-        **os.environ,
+        **inherited,
         "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}",
         "SLURM_NNODES": "2",
         "SLURM_JOB_NODELIST": "gpu-a[17-18]",
