@@ -339,8 +339,23 @@ class RunConfig:
         return to_dict(self)
 
 
-def read_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a YAML or JSON run config into a dict (ConfigError if missing or malformed)."""
+def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and key != "options":
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_config_file(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a YAML or JSON run config into a dict (ConfigError if missing or malformed).
+
+    A top-level ``base: other.yaml`` (relative to this file) is read first and this file's
+    sections are merged over it, field by field (``mixture.options`` is replaced whole, since
+    options belong to one method).
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist; pass --config configs/<run>.yaml")
@@ -357,7 +372,13 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(
             f"config file {path} must hold a mapping of sections, got {type(data).__name__}"
         )
-    return data
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    base_path = (path.parent / str(base)).resolve()
+    if base_path in _seen or base_path == path.resolve():
+        raise ConfigError(f"config file {path}: 'base: {base}' makes a cycle")
+    return _deep_merge(read_config_file(base_path, (*_seen, path.resolve())), data)
 
 
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
