@@ -313,6 +313,11 @@ def test_verify_reports_a_small_difference(env, tmp_path):
     broken = dict(result.state)
     broken["layers.1.mlp.linear_fc2.weight"] = broken["layers.1.mlp.linear_fc2.weight"] * 1.5
     assert max_logit_difference(tmp_path / "hf", broken, cfg, result.vocab_size) > 1e-3
+    # a bfloat16 export holds the rounded weights and says so in config.json
+    half = export_hf(tmp_path / "c", cfg, tmp_path / "hf16", dtype=torch.bfloat16)
+    assert json.loads((tmp_path / "hf16" / "config.json").read_text())["dtype"] == "bfloat16"
+    assert half.state["layers.0.mlp.linear_fc1.weight"].dtype == torch.bfloat16
+    assert max_logit_difference(tmp_path / "hf16", half.state, cfg, half.vocab_size) < 1e-4
 
 
 def test_cli_exports_newest_checkpoint_with_run_tokenizer(env, tmp_path, capsys, monkeypatch):
@@ -401,6 +406,7 @@ def test_bad_checkpoint_inputs_are_named(env, tmp_path):
     (checkpoint / "mp_rank_02_model_states.pt").write_bytes(b"")
     with pytest.raises(ConfigError, match=r"ranks \[0, 2\].*some files are missing"):
         export_hf(checkpoint, cfg, tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()  # nothing written on failure
 
 
 def test_tokenizer_larger_than_the_model_vocabulary_is_refused(env, tmp_path):

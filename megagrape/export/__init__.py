@@ -26,7 +26,7 @@ import torch
 from megagrape.errors import ConfigError
 from megagrape.export.architectures import ARCHITECTURES, ExportTarget, choose_architecture
 from megagrape.export.checkpoint import detect_layout, read_full_state
-from megagrape.export.tokenizer import export_tokenizer
+from megagrape.export.tokenizer import convert_tokenizer
 from megagrape.model.config import ModelConfig
 
 __all__ = ["ARCHITECTURES", "ExportResult", "export_hf", "hf_model_from_state"]
@@ -83,6 +83,8 @@ def export_hf(
     tokenizer_path: a megagrape tokenizer (directory, tokenizer.json or .tiktoken); it is
     exported next to the model, sets the vocabulary kept (its size) and bos/eos (its eod).
     None: no tokenizer, ``cfg.vocab_size`` rows, no bos/eos ids.
+    Nothing is written into ``out_dir`` until the checkpoint and the tokenizer have been read,
+    checked and converted.
     dtype: cast floating-point weights (default: as saved, e.g. float32, or bfloat16 after
     bf16 training).
     """
@@ -90,23 +92,27 @@ def export_hf(
     cfg.validate()
     arch = choose_architecture(cfg, architecture)
     layout = detect_layout(checkpoint_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = None
     if tokenizer_path is None:
         target = ExportTarget(vocab_size=cfg.vocab_size, eod_id=None)
     else:
-        tokenizer = export_tokenizer(Path(tokenizer_path), out_dir, cfg.seq_length)
-        if tokenizer.vocab_size > cfg.vocab_size:
+        tokenizer = convert_tokenizer(Path(tokenizer_path), cfg.seq_length)
+        vocab_size = tokenizer.megagrape.vocab_size
+        if vocab_size > cfg.vocab_size:
             raise ConfigError(
-                f"--tokenizer {tokenizer_path}: {tokenizer.vocab_size} ids but model.vocab_size = "
+                f"--tokenizer {tokenizer_path}: {vocab_size} ids but model.vocab_size = "
                 f"{cfg.vocab_size}; give the tokenizer the run was trained with"
             )
-        target = ExportTarget(vocab_size=tokenizer.vocab_size, eod_id=tokenizer.eod)
+        target = ExportTarget(vocab_size=vocab_size, eod_id=tokenizer.megagrape.eod)
     state = read_full_state(checkpoint_dir, cfg)
     if dtype is not None:
         state = {name: t.to(dtype) if t.is_floating_point() else t for name, t in state.items()}
     hf_config, hf_state = arch.convert(state, cfg, target)
     model = hf_model_from_state(hf_config, hf_state)
+    out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out_dir))
+    if tokenizer is not None:
+        tokenizer.save(out_dir)
     padded = state["word_embeddings.weight"].shape[0]
     result = ExportResult(
         out_dir=out_dir,

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import json
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import tokenizers
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
@@ -117,9 +119,22 @@ def hf_backend(tokenizer: Tokenizer) -> tokenizers.Tokenizer:
         )
 
 
-def export_tokenizer(source: Path, out_dir: Path, model_max_length: int) -> Tokenizer:
-    """Write ``source`` (anything megagrape's Tokenizer.load reads) as a transformers fast
-    tokenizer into ``out_dir``; returns the megagrape tokenizer (for its eod and vocab size)."""
+@dataclass(frozen=True)
+class ConvertedTokenizer:
+    megagrape: Tokenizer
+    """The source tokenizer (its eod and vocab_size set the exported model's)."""
+    hf: Any
+    """The checked transformers fast tokenizer, not yet saved."""
+
+    def save(self, out_dir: Path) -> None:
+        """Write tokenizer.json and tokenizer_config.json into ``out_dir``."""
+        self.hf.save_pretrained(str(out_dir))
+        _name_generic_class(Path(out_dir) / HF_TOKENIZER_CONFIG)
+
+
+def convert_tokenizer(source: Path, model_max_length: int) -> ConvertedTokenizer:
+    """``source`` (anything megagrape's Tokenizer.load reads) as a transformers fast tokenizer,
+    checked to encode the self-check text exactly as megagrape does (DataError otherwise)."""
     from transformers import PreTrainedTokenizerFast
 
     tokenizer = Tokenizer.load(Path(source))
@@ -146,9 +161,14 @@ def export_tokenizer(source: Path, out_dir: Path, model_max_length: int) -> Toke
             f"from megagrape's (first difference at token {first}: {exported[first : first + 3]} "
             f"vs {expected[first : first + 3]}); this tokenizer cannot be exported exactly"
         )
-    hf_tokenizer.save_pretrained(str(out_dir))
-    _name_generic_class(Path(out_dir) / HF_TOKENIZER_CONFIG)
-    return tokenizer
+    return ConvertedTokenizer(megagrape=tokenizer, hf=hf_tokenizer)
+
+
+def export_tokenizer(source: Path, out_dir: Path, model_max_length: int) -> Tokenizer:
+    """Convert ``source`` and write it into ``out_dir``; returns the megagrape tokenizer."""
+    converted = convert_tokenizer(source, model_max_length)
+    converted.save(out_dir)
+    return converted.megagrape
 
 
 def _name_generic_class(config_path: Path) -> None:
