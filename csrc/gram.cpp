@@ -5,9 +5,11 @@
 // processed by one thread and writes its own row of fp64 partials, and the rows are summed
 // in item order at the end, so the result is bit-identical for any thread count. Inside an
 // item, blocks of kBlockElements elements are summed in fp32 (8 lanes, FMA on AVX2) and each
-// block's sums are added in fp64. A block of all K + N vectors stays in L1/L2 while register
-// tiles of kTileK x kTileN products sweep it, so each element comes from memory once.
-// bfloat16 blocks are widened to fp32 into a per-thread scratch first.
+// block's sums are added in fp64. A block of all K + N vectors stays in L2 while register
+// tiles of kTileK x kTileN products sweep it, so each element comes from memory once; long
+// blocks keep each vector's reads sequential for long enough for the hardware prefetcher.
+// When every vector is bfloat16 (and the CPU has AVX2), the tiles widen bf16 in registers;
+// otherwise bf16 blocks are widened into a per-thread float32 scratch first.
 #include "gram.h"
 
 #include <ATen/Parallel.h>
@@ -35,9 +37,10 @@
 namespace {
 
 constexpr int64_t kItemElements = 32768;  // elements per work item (one partial row each)
-constexpr int64_t kBlockElements = 512;   // elements summed in fp32 before the fp64 add
+constexpr int64_t kBlockElements = 4096;  // elements summed in fp32 before the fp64 add
 constexpr int kTileK = 4;                 // a-vectors per register tile
-constexpr int kTileN = 3;                 // b-vectors per register tile
+constexpr int kTileN = 3;                 // b-vectors per float32 register tile
+constexpr int kTileNBf16 = 2;             // b-vectors per bfloat16 register tile
 
 // Validated inputs: vectors deduplicated by (dtype, data pointers), so `b is a` or a vector
 // listed twice is read once.
@@ -136,10 +139,26 @@ std::vector<WorkItem> cut_items(const GramLayout& L, int64_t item_elements) {
 
 // ---------------------------------------------------------------------------------------
 // Register tiles: out[k * ld + n] += sum_i a[k][i] * b[n][i] for k < KT, n < NT, i < len.
-// fp32 lane sums over the lane-aligned part; the lanes and the tail are then added in fp64
-// in a fixed order.
-using TileFn = void (*)(const float* const* a, const float* const* b, int64_t len, double* out,
+// The lane-aligned part is summed in fp32 lanes; the lanes and the tail are then added in
+// fp64 in a fixed order. T is float, or uint16_t for bfloat16 bits read directly.
+template <class T>
+using TileFn = void (*)(const T* const* a, const T* const* b, int64_t len, double* out,
                         int64_t ld);
+
+inline double widen(float x) { return static_cast<double>(x); }
+inline double widen(uint16_t bf16_bits) {
+  const uint32_t bits = static_cast<uint32_t>(bf16_bits) << 16;
+  float x;
+  std::memcpy(&x, &bits, sizeof(x));
+  return static_cast<double>(x);
+}
+
+template <class T>
+inline double tail_dot(const T* a, const T* b, int64_t from, int64_t len) {
+  double sum = 0.0;
+  for (int64_t i = from; i < len; ++i) sum += widen(a[i]) * widen(b[i]);
+  return sum;
+}
 
 // Portable loops: 4 lanes (SSE2 / NEON width), fully unrolled over the tile so that the
 // KT * NT accumulators live in registers.
@@ -160,17 +179,25 @@ struct TilePortable {
     }
     for (int k = 0; k < KT; ++k)
       for (int n = 0; n < NT; ++n) {
-        double sum = (static_cast<double>(acc[k][n][0]) + static_cast<double>(acc[k][n][2])) +
-                     (static_cast<double>(acc[k][n][1]) + static_cast<double>(acc[k][n][3]));
-        for (int64_t t = i; t < len; ++t)
-          sum += static_cast<double>(a[k][t]) * static_cast<double>(b[n][t]);
-        out[k * ld + n] += sum;
+        const double lanes =
+            (static_cast<double>(acc[k][n][0]) + static_cast<double>(acc[k][n][2])) +
+            (static_cast<double>(acc[k][n][1]) + static_cast<double>(acc[k][n][3]));
+        out[k * ld + n] += lanes + tail_dot(a[k], b[n], i, len);
       }
   }
 };
 
 #ifdef MEGAGRAPE_GRAM_X86
-// AVX2 + FMA: 8 lanes; the 4 x 3 tile uses 12 accumulators + 3 b-registers + 1 a-register.
+// (lanes 0..3 + lanes 4..7) in fp64, then (0 + 2) + (1 + 3) of that.
+__attribute__((target("avx2,fma"), always_inline)) inline double lane_sum(__m256 acc) {
+  const __m256d halves = _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(acc)),
+                                       _mm256_cvtps_pd(_mm256_extractf128_ps(acc, 1)));
+  const __m128d pair =
+      _mm_add_pd(_mm256_castpd256_pd128(halves), _mm256_extractf128_pd(halves, 1));
+  return _mm_cvtsd_f64(pair) + _mm_cvtsd_f64(_mm_unpackhi_pd(pair, pair));
+}
+
+// AVX2 + FMA on float32: 8 lanes; the 4 x 3 tile uses 12 accumulators + 3 b + 1 a registers.
 template <int KT, int NT>
 struct TileAvx2 {
   __attribute__((target("avx2,fma"))) static void run(const float* const* a,
@@ -189,34 +216,63 @@ struct TileAvx2 {
       }
     }
     for (int k = 0; k < KT; ++k)
+      for (int n = 0; n < NT; ++n)
+        out[k * ld + n] += lane_sum(acc[k][n]) + tail_dot(a[k], b[n], i, len);
+  }
+};
+
+// AVX2 + FMA on bfloat16 bits, widened in registers: 16 elements per 256-bit load; the
+// even elements are the low halves of the 32-bit lanes (shift left 16), the odd ones the
+// high halves (mask). Both sides are split the same way, so the pairs stay matched. The
+// 4 x 2 tile uses 8 accumulators + 4 b + 2 a + 1 mask registers.
+template <int KT, int NT>
+struct TileAvx2Bf16 {
+  __attribute__((target("avx2,fma"))) static void run(const uint16_t* const* a,
+                                                      const uint16_t* const* b, int64_t len,
+                                                      double* out, int64_t ld) {
+    const __m256i high_half = _mm256_set1_epi32(static_cast<int>(0xFFFF0000u));
+    __m256 acc[KT][NT];
+    for (int k = 0; k < KT; ++k)
+      for (int n = 0; n < NT; ++n) acc[k][n] = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= len; i += 16) {
+      __m256 b_even[NT], b_odd[NT];
       for (int n = 0; n < NT; ++n) {
-        // (lanes 0..3 + lanes 4..7) in fp64, then (0+2) + (1+3) of that.
-        const __m256d halves = _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(acc[k][n])),
-                                             _mm256_cvtps_pd(_mm256_extractf128_ps(acc[k][n], 1)));
-        const __m128d pair =
-            _mm_add_pd(_mm256_castpd256_pd128(halves), _mm256_extractf128_pd(halves, 1));
-        double sum = _mm_cvtsd_f64(pair) + _mm_cvtsd_f64(_mm_unpackhi_pd(pair, pair));
-        for (int64_t t = i; t < len; ++t)
-          sum += static_cast<double>(a[k][t]) * static_cast<double>(b[n][t]);
-        out[k * ld + n] += sum;
+        const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b[n] + i));
+        b_even[n] = _mm256_castsi256_ps(_mm256_slli_epi32(x, 16));
+        b_odd[n] = _mm256_castsi256_ps(_mm256_and_si256(x, high_half));
       }
+      for (int k = 0; k < KT; ++k) {
+        const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[k] + i));
+        const __m256 a_even = _mm256_castsi256_ps(_mm256_slli_epi32(x, 16));
+        const __m256 a_odd = _mm256_castsi256_ps(_mm256_and_si256(x, high_half));
+        for (int n = 0; n < NT; ++n) {
+          acc[k][n] = _mm256_fmadd_ps(a_even, b_even[n], acc[k][n]);
+          acc[k][n] = _mm256_fmadd_ps(a_odd, b_odd[n], acc[k][n]);
+        }
+      }
+    }
+    for (int k = 0; k < KT; ++k)
+      for (int n = 0; n < NT; ++n)
+        out[k * ld + n] += lane_sum(acc[k][n]) + tail_dot(a[k], b[n], i, len);
   }
 };
 #endif
 
-template <template <int, int> class Tile>
-std::array<TileFn, kTileK * kTileN> tile_table() {
-  static_assert(kTileK == 4 && kTileN == 3, "tile_table lists every (KT, NT) up to 4 x 3");
-  return {Tile<1, 1>::run, Tile<1, 2>::run, Tile<1, 3>::run, Tile<2, 1>::run,
-          Tile<2, 2>::run, Tile<2, 3>::run, Tile<3, 1>::run, Tile<3, 2>::run,
-          Tile<3, 3>::run, Tile<4, 1>::run, Tile<4, 2>::run, Tile<4, 3>::run};
+// Every (KT, NT) from 1 x 1 to TK x TN, at index (KT - 1) * TN + (NT - 1).
+template <template <int, int> class Tile, int TK, int TN, size_t... I>
+auto tile_table_of(std::index_sequence<I...>) {
+  return std::array<decltype(&Tile<1, 1>::run), TK * TN>{
+      Tile<static_cast<int>(I) / TN + 1, static_cast<int>(I) % TN + 1>::run...};
+}
+
+template <template <int, int> class Tile, int TK, int TN>
+auto tile_table() {
+  return tile_table_of<Tile, TK, TN>(std::make_index_sequence<TK * TN>{});
 }
 
 void bf16_to_float(const uint16_t* src, float* dst, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) {
-    const uint32_t bits = static_cast<uint32_t>(src[i]) << 16;
-    std::memcpy(dst + i, &bits, sizeof(float));
-  }
+  for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<float>(widen(src[i]));
 }
 
 #ifdef MEGAGRAPE_GRAM_X86
@@ -234,8 +290,11 @@ __attribute__((target("avx2"))) void bf16_to_float_avx2(const uint16_t* src, flo
 
 // The inner loops for this CPU: AVX2 + FMA where the CPU has them (runtime check), else the
 // portable loops that the compiler vectorises for the baseline ISA (SSE2, NEON, ...).
+// Without bf16 tiles, bfloat16 vectors are widened into a float32 scratch block first.
 struct CpuKernels {
-  std::array<TileFn, kTileK * kTileN> tiles;
+  std::array<TileFn<float>, kTileK * kTileN> tiles;
+  bool has_bf16_tiles;
+  std::array<TileFn<uint16_t>, kTileK * kTileNBf16> bf16_tiles;
   void (*widen_bf16)(const uint16_t* src, float* dst, int64_t n);
 };
 
@@ -243,43 +302,64 @@ const CpuKernels& kernels_for_this_cpu() {
 #ifdef MEGAGRAPE_GRAM_X86
   static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   static const CpuKernels chosen =
-      avx2 ? CpuKernels{tile_table<TileAvx2>(), bf16_to_float_avx2}
-           : CpuKernels{tile_table<TilePortable>(), bf16_to_float};
+      avx2 ? CpuKernels{tile_table<TileAvx2, kTileK, kTileN>(), true,
+                        tile_table<TileAvx2Bf16, kTileK, kTileNBf16>(), bf16_to_float_avx2}
+           : CpuKernels{tile_table<TilePortable, kTileK, kTileN>(), false, {}, bf16_to_float};
 #else
-  static const CpuKernels chosen{tile_table<TilePortable>(), bf16_to_float};
+  static const CpuKernels chosen{tile_table<TilePortable, kTileK, kTileN>(), false, {},
+                                 bf16_to_float};
 #endif
   return chosen;
 }
 
+// All tiles of one block: row[k * N + n] += <a_k, b_n> over the block, for every (k, n).
+template <int TK, int TN, class T>
+void sweep_tiles(const GramLayout& L, const std::vector<const T*>& block_of,
+                 const std::array<TileFn<T>, TK * TN>& table, int64_t len, double* row) {
+  for (int64_t k0 = 0; k0 < L.K; k0 += TK) {
+    const int kt = static_cast<int>(std::min<int64_t>(TK, L.K - k0));
+    const T* a_ptr[TK];
+    for (int k = 0; k < kt; ++k) a_ptr[k] = block_of[L.a_vec[k0 + k]];
+    for (int64_t n0 = 0; n0 < L.N; n0 += TN) {
+      const int nt = static_cast<int>(std::min<int64_t>(TN, L.N - n0));
+      const T* b_ptr[TN];
+      for (int n = 0; n < nt; ++n) b_ptr[n] = block_of[L.b_vec[n0 + n]];
+      table[(kt - 1) * TN + (nt - 1)](a_ptr, b_ptr, len, row + k0 * L.N + n0, L.N);
+    }
+  }
+}
+
+// Per-thread buffers of item_partials.
+struct BlockViews {
+  std::vector<float> scratch;               // [U, kBlockElements] widened bf16 blocks
+  std::vector<const float*> as_float;       // [U] block start, float32 (or scratch)
+  std::vector<const uint16_t*> as_bf16;     // [U] block start, bf16 bits (all-bf16 calls)
+};
+
 // One work item -> row[K * N] of fp64 partials.
 void item_partials(const GramLayout& L, const WorkItem& item, const CpuKernels& cpu,
-                   std::vector<float>& scratch, std::vector<const float*>& block_of,
-                   double* row) {
+                   bool direct_bf16, BlockViews& views, double* row) {
   std::fill(row, row + L.K * L.N, 0.0);
   for (int64_t off = 0; off < item.len; off += kBlockElements) {
     const int64_t len = std::min(kBlockElements, item.len - off);
     const int64_t first = item.start + off;
+    if (direct_bf16) {
+      for (int64_t u = 0; u < L.U; ++u)
+        views.as_bf16[u] = static_cast<const uint16_t*>(L.ptrs[u * L.P + item.slot]) + first;
+      sweep_tiles<kTileK, kTileNBf16>(L, views.as_bf16, cpu.bf16_tiles, len, row);
+      continue;
+    }
     for (int64_t u = 0; u < L.U; ++u) {
       const void* base = L.ptrs[u * L.P + item.slot];
       if (L.is_bf16[u]) {
-        float* dst = scratch.data() + u * kBlockElements;
+        float* dst = views.scratch.data() + u * kBlockElements;
         cpu.widen_bf16(static_cast<const uint16_t*>(base) + first, dst, len);
-        block_of[u] = dst;
+        views.as_float[u] = dst;
       } else {
-        block_of[u] = static_cast<const float*>(base) + first;
+        views.as_float[u] = static_cast<const float*>(base) + first;
       }
     }
-    for (int64_t k0 = 0; k0 < L.K; k0 += kTileK) {
-      const int kt = static_cast<int>(std::min<int64_t>(kTileK, L.K - k0));
-      const float* a_ptr[kTileK];
-      for (int k = 0; k < kt; ++k) a_ptr[k] = block_of[L.a_vec[k0 + k]];
-      for (int64_t n0 = 0; n0 < L.N; n0 += kTileN) {
-        const int nt = static_cast<int>(std::min<int64_t>(kTileN, L.N - n0));
-        const float* b_ptr[kTileN];
-        for (int n = 0; n < nt; ++n) b_ptr[n] = block_of[L.b_vec[n0 + n]];
-        cpu.tiles[(kt - 1) * kTileN + (nt - 1)](a_ptr, b_ptr, len, row + k0 * L.N + n0, L.N);
-      }
-    }
+    sweep_tiles<kTileK, kTileN>(L, views.as_float, cpu.tiles, len, row);
   }
 }
 
@@ -289,11 +369,15 @@ at::Tensor gram_cpu(const GramLayout& L) {
   const int64_t KN = L.K * L.N;
   std::vector<double> partials(static_cast<size_t>(W * KN));
   const CpuKernels& cpu = kernels_for_this_cpu();
+  const bool all_bf16 = std::all_of(L.is_bf16.begin(), L.is_bf16.end(), [](char b) { return b; });
+  const bool direct_bf16 = cpu.has_bf16_tiles && all_bf16;
   at::parallel_for(0, W, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> scratch(static_cast<size_t>(L.U * kBlockElements));
-    std::vector<const float*> block_of(static_cast<size_t>(L.U));
+    BlockViews views;
+    views.scratch.resize(direct_bf16 ? 0 : static_cast<size_t>(L.U * kBlockElements));
+    views.as_float.resize(static_cast<size_t>(L.U));
+    views.as_bf16.resize(static_cast<size_t>(L.U));
     for (int64_t w = begin; w < end; ++w)
-      item_partials(L, items[w], cpu, scratch, block_of, partials.data() + w * KN);
+      item_partials(L, items[w], cpu, direct_bf16, views, partials.data() + w * KN);
   });
   at::Tensor out = at::zeros({L.K, L.N}, at::kDouble);
   double* g = out.data_ptr<double>();
