@@ -511,3 +511,29 @@ def test_pipeline_layer_files_export(env, tmp_path, fields):
     logits, _ = hf_logits(tmp_path / "hf", tokens)
     assert result.layout == "pipeline"
     assert (logits - reference).abs().max() < LOGIT_TOLERANCE
+
+
+def test_lm_eval_task_files_are_consistent():
+    """tools/lm_eval_tasks: every task includes the template and reads its own target file;
+    the group lists exactly the tasks (the files are parsed by lm-eval, not installed here)."""
+    import yaml
+
+    task_dir = Path(__file__).resolve().parent.parent / "tools" / "lm_eval_tasks"
+    template = yaml.safe_load((task_dir / "_megagrape_mc_template_yaml").read_text())
+    assert template["output_type"] == "multiple_choice" and template["target_delimiter"] == ""
+    assert (template["doc_to_text"], template["doc_to_choice"], template["doc_to_target"]) == (
+        "context",
+        "choices",
+        "gold",
+    )
+    tasks = {}
+    for path in sorted(task_dir.glob("megagrape_*.yaml")):
+        spec = yaml.safe_load(path.read_text())
+        if "group" in spec:
+            group = spec
+            continue
+        assert spec["include"] == "_megagrape_mc_template_yaml" and spec["task"] == path.stem
+        target = spec["dataset_kwargs"]["data_files"]["test"]
+        assert target == f"data/quickstart/targets/{path.stem.removeprefix('megagrape_')}.jsonl"
+        tasks[spec["task"]] = target
+    assert sorted(group["task"]) == sorted(tasks) and len(tasks) == 4
