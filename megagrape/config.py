@@ -139,6 +139,9 @@ class MixtureConfig:
     """Samples per probe of a domain that is absent from an event step's global batch."""
 
     def validate(self) -> None:
+        from megagrape.mixture import validate_method_options
+
+        validate_method_options(self.method, self.options)
         _require(self.interval >= 1, "mixture.interval", self.interval, "allowed: an integer >= 1")
         _require(self.warmup_steps >= 0, "mixture.warmup_steps", self.warmup_steps, "allowed: >= 0")
         _require(

@@ -36,7 +36,7 @@ from megagrape.errors import ConfigError
 from megagrape.evaluate import evaluate_tasks
 from megagrape.metrics import MetricsWriter, memory_gb, mfu
 from megagrape.microbatches import collate, plan_microbatches
-from megagrape.mixture import Observation, build_method, hybrid_loss_weights
+from megagrape.mixture import Observation, TimeAverage, build_method, hybrid_loss_weights
 from megagrape.mixture.static import load_weights_file, natural_weights
 from megagrape.model import build_model, pipeline_batch, pipeline_loss_fn, token_losses
 from megagrape.reference import ReferenceModel
@@ -240,7 +240,7 @@ class Trainer:
 
         k = len(self.domain_names)
         self.event_acc = EventAccumulator(np.zeros(k), np.zeros(k), np.zeros(k))
-        self.average = None  # time-averaged alpha, see _record_average
+        self.average = TimeAverage(k)  # the weights in effect, one term per optimizer step
         self.step = 0
         self.history: dict[str, list] = {"loss": [], "eval": []}
         self.previous_target_losses: torch.Tensor | None = None
@@ -319,7 +319,7 @@ class Trainer:
         self.sampler.load_state_dict(state["sampler"])
         self.method.load_state_dict(state["method"])
         self.event_acc.load_state_dict(state["event_accumulator"])
-        self.average = state.get("average")
+        self.average.load_state_dict(state["average"])
         prev = state.get("previous_target_losses")
         self.previous_target_losses = (
             torch.tensor(prev, dtype=torch.float64) if prev is not None else None
@@ -516,19 +516,13 @@ class Trainer:
             tqdm.write(f"[megagrape] step {self.step}: reweighting event skipped: {update.skipped}")
 
     def _record_average(self) -> None:
-        """Time-average of the weights in effect, one term per optimizer step."""
-        alpha = (
-            self.method.domain_weights.double()
+        """Add the weights in effect for the coming step to the time average (mixture_average.json)."""
+        in_effect = (
+            self.method.domain_weights
             if self.apply_loss
             else torch.tensor(self.sampler.current_weights)
         )
-        if self.average is None:
-            self.average = {"steps": 0, "domain_weights": [0.0] * len(alpha)}
-        n = self.average["steps"]
-        self.average["domain_weights"] = [
-            (a * n + b) / (n + 1) for a, b in zip(self.average["domain_weights"], alpha.tolist())
-        ]
-        self.average["steps"] = n + 1
+        self.average.add(in_effect)
 
     # ----------------------------------------------------------------------------- loop
     def _due(self, interval: int) -> bool:
@@ -646,7 +640,7 @@ class Trainer:
             "sampler": self.sampler.state_dict(),
             "method": self.method.state_dict(),
             "event_accumulator": self.event_acc.state_dict(),
-            "average": self.average,
+            "average": self.average.state_dict(),
             "previous_target_losses": (
                 self.previous_target_losses.tolist()
                 if self.previous_target_losses is not None
@@ -664,16 +658,9 @@ class Trainer:
         )
 
     def _write_average(self) -> None:
-        if not self.rank0 or self.average is None:
-            return
-        ckpt.write_json_atomic(
-            self.run_dir / "mixture_average.json",
-            {
-                "steps": self.average["steps"],
-                "domain_weights": dict(zip(self.domain_names, self.average["domain_weights"])),
-                "method": self.method.name,
-            },
-        )
+        if self.rank0 and self.average.count:
+            document = {**self.average.as_dict(self.domain_names), "method": self.method.name}
+            ckpt.write_json_atomic(self.run_dir / "mixture_average.json", document)
 
 
 def resolve_weights_spec(

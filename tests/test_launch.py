@@ -105,6 +105,13 @@ def test_corrupt_newest_checkpoint_falls_back_with_a_note(test_corpus, tmp_path)
         ),
         (("data.domains=[code,poetry]",), "data.domains names ['poetry']"),
         (("model.vocab_size=512",), "vocab"),
+        (("mixture.method=doremi",), "needs mixture.reference_checkpoint"),
+        (("mixture.method=mgda", "mixture.options={max_iter: 0}"), "mixture.options.max_iter"),
+        (
+            ("mixture.method=grape", "parallel.pipeline_parallel=1", "mixture.options={mu_a: -1}"),
+            "mu_a",
+        ),
+        (("mixture.method=foo",), "grape"),
     ],
 )
 def test_bad_input_exits_with_a_clear_message(test_corpus, tmp_path, args, message):
@@ -163,3 +170,19 @@ def test_crashed_rank_ends_the_job(test_corpus, tmp_path):
     code = job.wait(timeout=120)
     assert code != 0
     assert time.monotonic() - killed_at < 120
+
+
+def test_doremi_reference_with_another_vocabulary_is_refused(test_corpus, tmp_path):
+    from megagrape import checkpoint as ckpt
+
+    partial = tmp_path / "ref" / "step_000001.partial"
+    partial.mkdir(parents=True)
+    (partial / ckpt.STATE_FILE).write_text(
+        json.dumps({"step": 1, "tokenizer_fingerprint": "0" * 64})
+    )
+    (partial / "mp_rank_00_model_states.pt").write_bytes(b"x")
+    ckpt.finalize_save(partial, tmp_path / "ref" / "step_000001", 1, 1, tmp_path / "ref")
+    config = write_config(test_corpus, tmp_path, "doremi", "mixture.method=doremi")
+    result = launch(config, f"mixture.reference_checkpoint={tmp_path / 'ref' / 'step_000001'}")
+    assert result.returncode == 2
+    assert "different tokenizer" in result.stderr

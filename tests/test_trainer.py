@@ -132,3 +132,29 @@ def test_exact_resume_reproduces_losses_and_weights(test_corpus, tmp_path):
         p.name for p in (tmp_path / "split" / "checkpoints").iterdir() if p.is_dir()
     )
     assert checkpoints == ["step_000008", "step_000012"], "keep_last=2 retention"
+
+
+def _static_run(rank, world_size, corpus, out, name, overrides):
+    from megagrape import parallel
+
+    cfg = tiny_config(corpus, out, name, "checkpoint.interval=6", *overrides)
+    env = parallel.init_distributed(cfg.parallel, cfg.seed)
+    trainer, summary = train_in_process(cfg, "configs/ds/zero0.json", env)
+    state = trainer.sampler.state_dict()
+    parallel.destroy_distributed()
+    return {"loss": summary["history"]["loss"], "step": summary["step"], "sampler": state}
+
+
+def test_resume_at_a_different_data_parallel_size_continues_the_stream(test_corpus, tmp_path):
+    full = run_distributed(_static_run, 2, args=(test_corpus, tmp_path, "dp2", ()))
+    first = run_distributed(
+        _static_run, 2, args=(test_corpus, tmp_path, "dpchange", ("train.exit_interval=6",))
+    )
+    assert first[0]["step"] == 6
+    resumed = run_distributed(_static_run, 1, args=(test_corpus, tmp_path, "dpchange", ()))[0]
+    assert resumed["step"] == 12
+    assert resumed["sampler"]["consumed_samples"] == full[0]["sampler"]["consumed_samples"] == 96
+    assert resumed["sampler"]["segments"] == full[0]["sampler"]["segments"]
+    # Same samples at the same steps with one rank instead of two: the same losses up to the
+    # order of floating-point sums.
+    np.testing.assert_allclose(first[0]["loss"] + resumed["loss"], full[0]["loss"], rtol=1e-4)

@@ -14,7 +14,12 @@ from megagrape.mixture.base import (
     Observation,
 )
 from megagrape.mixture.hybrid import hybrid_loss_weights
-from megagrape.mixture.registry import KNOWN_METHODS, build_method, options_class
+from megagrape.mixture.registry import (
+    KNOWN_METHODS,
+    build_method,
+    options_class,
+    validate_method_options,
+)
 from megagrape.mixture.static import load_weights_file
 
 __all__ = [
@@ -29,4 +34,5 @@ __all__ = [
     "hybrid_loss_weights",
     "load_weights_file",
     "options_class",
+    "validate_method_options",
 ]

@@ -82,6 +82,12 @@ def build_method(
     return method_type(parse_options(options_type, options, name), context)
 
 
+def validate_method_options(name: str, options: Mapping[str, Any] | None) -> None:
+    """Check ``mixture.method`` and ``mixture.options`` before any data is read (ConfigError)."""
+    options_type, _method_type = _METHODS[_known(name)]
+    parse_options(options_type, options, name)
+
+
 def _known(name: Any) -> str:
     if isinstance(name, str) and name in _METHODS:
         return name
