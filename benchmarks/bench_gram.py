@@ -21,6 +21,7 @@ import argparse
 import gc
 import json
 import math
+import os
 import platform
 import statistics
 import time
@@ -131,19 +132,19 @@ def vector_bytes(vectors: Vectors) -> int:
     return sum(t.numel() * t.element_size() for vector in vectors for t in vector)
 
 
-def bench_kernel(a: Vectors, b: Vectors, repeats: int = 5, reference: bool = True) -> dict:
-    """Kernel time (and the torch-dot loop's, side by side), medians in seconds.
-
-    Also returns bytes read (each of the K + N vectors once), the kernel's read bandwidth
-    in GB/s and, with `reference`, the speed-up and max |difference| / max |G|.
-    """
-    device = a[0][0].device
+def kernel_fns(a: Vectors, b: Vectors, reference: bool = True) -> dict[str, Callable[[], object]]:
+    """The timed calls of bench_kernel: "kernel" and, with `reference`, "reference"."""
     a_lists = [list(v) for v in a]
     b_lists = [list(v) for v in b]
-    fns = {"kernel": lambda: _C.gram(a_lists, b_lists)}
+    fns: dict[str, Callable[[], object]] = {"kernel": lambda: _C.gram(a_lists, b_lists)}
     if reference:
         fns["reference"] = lambda: torch_dot_gram(a_lists, b_lists)
-    times = measure(fns, repeats, device)
+    return fns
+
+
+def summarize_kernel(times: dict[str, list[float]], a: Vectors, b: Vectors) -> dict:
+    """Medians (s), bytes read (each of the K + N vectors once), read GB/s, and speed-up
+    and max |kernel - reference| / max |reference| when the reference was timed."""
     read = vector_bytes(a) + vector_bytes(b)
     result = {
         "kernel_s": statistics.median(times["kernel"]),
@@ -151,33 +152,47 @@ def bench_kernel(a: Vectors, b: Vectors, repeats: int = 5, reference: bool = Tru
         "bytes_read": read,
     }
     result["kernel_gb_s"] = read / result["kernel_s"] / 1e9
-    if reference:
+    if "reference" in times:
         result["reference_s"] = statistics.median(times["reference"])
         result["reference_all_s"] = times["reference"]
         result["speedup"] = result["reference_s"] / result["kernel_s"]
+        a_lists, b_lists = [list(v) for v in a], [list(v) for v in b]
         got, want = _C.gram(a_lists, b_lists), torch_dot_gram(a_lists, b_lists)
         result["max_rel_diff"] = float((got - want).abs().max() / want.abs().max())
     return result
 
 
-def bench_bandwidth(buffers: list[torch.Tensor], repeats: int = 5) -> dict:
-    """This machine's bandwidth on the same bytes: torch.sum over every buffer (viewed as
-    float32), and on CUDA a device-to-device copy of every buffer (read + write bytes).
-    """
-    device = buffers[0].device
+def bench_kernel(a: Vectors, b: Vectors, repeats: int = 5, reference: bool = True) -> dict:
+    """Kernel time and, side by side, the torch-dot loop's (see summarize_kernel)."""
+    times = measure(kernel_fns(a, b, reference), repeats, a[0][0].device)
+    return summarize_kernel(times, a, b)
+
+
+def bandwidth_fns(buffers: list[torch.Tensor]) -> dict[str, Callable[[], object]]:
+    """The timed calls of bench_bandwidth: "sum" (torch.sum over every buffer, read as
+    float32) and on CUDA "copy" (a device-to-device copy of every buffer)."""
     as_f32 = [buf.view(torch.float32) if buf.numel() % 2 == 0 else buf.float() for buf in buffers]
-    total = sum(buf.numel() * buf.element_size() for buf in buffers)
     fns: dict[str, Callable[[], object]] = {"sum": lambda: [t.sum() for t in as_f32]}
-    if device.type == "cuda":
+    if buffers[0].device.type == "cuda":
         scratch = torch.empty_like(max(as_f32, key=torch.Tensor.numel))
         fns["copy"] = lambda: [scratch[: t.numel()].copy_(t) for t in as_f32]
-    times = measure(fns, repeats, device)
+    return fns
+
+
+def summarize_bandwidth(times: dict[str, list[float]], buffers: list[torch.Tensor]) -> dict:
+    """GB/s of the sum (bytes read) and of the copy (bytes read + written), medians."""
+    total = sum(buf.numel() * buf.element_size() for buf in buffers)
     result = {"bytes": total, "sum_s": statistics.median(times["sum"])}
     result["sum_gb_s"] = total / result["sum_s"] / 1e9
     if "copy" in times:
         result["copy_s"] = statistics.median(times["copy"])
         result["copy_gb_s"] = 2 * total / result["copy_s"] / 1e9
     return result
+
+
+def bench_bandwidth(buffers: list[torch.Tensor], repeats: int = 5) -> dict:
+    """This machine's own bandwidth on the same bytes (see summarize_bandwidth)."""
+    return summarize_bandwidth(measure(bandwidth_fns(buffers), repeats, buffers[0].device), buffers)
 
 
 def available_bytes(device: torch.device) -> int:
@@ -205,14 +220,17 @@ def bench_variant(
         )
     a, a_buffers = make_vectors(k, shapes, dtype_a, device, seed=1)
     b, b_buffers = make_vectors(n, shapes, dtype_b, device, seed=2)
+    buffers = a_buffers + b_buffers
+    # Kernel, reference and bandwidth calls interleaved, so that load from other processes
+    # falls on all of them alike.
+    times = measure({**kernel_fns(a, b), **bandwidth_fns(buffers)}, repeats, device)
     result = {"variant": name, "K": k, "N": n, "elements": elements, "slots": len(shapes)}
-    result.update(bench_kernel(a, b, repeats))
-    bandwidth = bench_bandwidth(a_buffers + b_buffers, repeats)
-    result.update(bandwidth)
-    result["fraction_of_sum_bandwidth"] = result["kernel_gb_s"] / bandwidth["sum_gb_s"]
-    if "copy_gb_s" in bandwidth:
-        result["fraction_of_copy_bandwidth"] = result["kernel_gb_s"] / bandwidth["copy_gb_s"]
-    del a, b, a_buffers, b_buffers
+    result.update(summarize_kernel(times, a, b))
+    result.update(summarize_bandwidth(times, buffers))
+    result["fraction_of_sum_bandwidth"] = result["kernel_gb_s"] / result["sum_gb_s"]
+    if "copy_gb_s" in result:
+        result["fraction_of_copy_bandwidth"] = result["kernel_gb_s"] / result["copy_gb_s"]
+    del a, b, a_buffers, b_buffers, buffers
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -226,6 +244,7 @@ def machine_description(device: torch.device) -> dict:
         "threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(),
         "gram_has_cuda": bool(getattr(_C, "gram_has_cuda", False)),
+        "load_average_after": os.getloadavg(),
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
@@ -251,7 +270,9 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=16, help="domain vectors (rows)")
     parser.add_argument("--n", type=int, default=6, help="target vectors (columns)")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--variants", default="fp32,bf16", help=f"comma list of {list(VARIANTS)}")
+    parser.add_argument(
+        "--variants", default="fp32,bf16,fp32xbf16", help=f"comma list of {list(VARIANTS)}"
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -259,8 +280,11 @@ def main() -> None:
     unknown = [v for v in names if v not in VARIANTS]
     if unknown:
         parser.error(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
+    load_before = os.getloadavg()
     results = [bench_variant(v, args.k, args.n, args.elements, device, args.repeats) for v in names]
-    print(json.dumps({"machine": machine_description(device), "results": results}, indent=1))
+    machine = machine_description(device)
+    machine["load_average_before"] = load_before
+    print(json.dumps({"machine": machine, "results": results}, indent=1))
     print_table(results)
 
 
