@@ -95,6 +95,9 @@ class TargetsConfig:
     """At most this many eval items per task per evaluation."""
     eval_batch_size: int = 16
     """Per-choice sequences per forward pass during evaluation."""
+    eval_mode: str = "full"
+    """full: acc, acc_norm and loss at every evaluation; loss: only the gold continuation's loss
+    at interval evaluations (4x cheaper with 4 choices), full scores at the end of the run."""
 
     def validate(self) -> None:
         _require(
@@ -108,6 +111,12 @@ class TargetsConfig:
             _require(value >= 1, f"targets.{name}", value, "allowed: an integer >= 1")
         _require(
             self.eval_interval >= 0, "targets.eval_interval", self.eval_interval, "allowed: >= 0"
+        )
+        _require(
+            self.eval_mode in ("full", "loss"),
+            "targets.eval_mode",
+            self.eval_mode,
+            "allowed: full or loss",
         )
 
 

@@ -94,6 +94,12 @@ def request_logprobs(
     return totals
 
 
+def _gold_loss(task: TargetTask, requests: list, logprobs: torch.Tensor) -> dict[str, float]:
+    """Mean over items of the gold continuation's per-token NLL (the 'loss' of task.score)."""
+    per_item = [-lp / max(1, r.num_target_tokens) for r, lp in zip(requests, logprobs.tolist())]
+    return {"loss": float(sum(per_item) / max(1, len(per_item)))}
+
+
 def evaluate_tasks(
     model,
     tasks: list[TargetTask],
@@ -104,17 +110,28 @@ def evaluate_tasks(
     env,
     dp_group,
     pipeline_shape=None,
+    mode: str = "full",
 ) -> dict[str, dict[str, float]]:
-    """Scores of every task: {task: {"acc": ..., "acc_norm": ..., "loss": ...}} or {"loss", "ppl", "bpb"}."""
+    """Scores of every task: {task: {"acc": ..., "acc_norm": ..., "loss": ...}} or {"loss", "ppl", "bpb"}.
+
+    ``mode="loss"`` scores only the gold continuation of multiple-choice items (a quarter of
+    the forward passes for 4 choices) and reports its loss, for frequent loss curves.
+    """
     was_training = model.training
     model.eval()
     results = {}
     for task in tasks:
         requests = [r for r in task.eval_requests(seq_length) if r.item_index < max_items]
+        gold_only = mode == "loss" and task.kind == "mc"
+        if gold_only:
+            requests = [r for r in requests if r.choice_index == task.eval_items[r.item_index].gold]
         logprobs = request_logprobs(
             model, requests, pad_id, batch_size, env, dp_group, pipeline_shape
         )
-        results[task.name] = task.score(logprobs.tolist(), requests)
+        if gold_only:
+            results[task.name] = _gold_loss(task, requests, logprobs)
+        else:
+            results[task.name] = task.score(logprobs.tolist(), requests)
     if was_training:
         model.train()
     return results

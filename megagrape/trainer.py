@@ -559,7 +559,7 @@ class Trainer:
             if self.tasks and (
                 self._due(cfg.targets.eval_interval) or (done and not cfg.targets.eval_interval)
             ):
-                last_eval = self.evaluate()
+                last_eval = self.evaluate(final=done)
             if self._due(cfg.checkpoint.interval) or done or exited:
                 self.save()
         bar.close()
@@ -603,7 +603,8 @@ class Trainer:
                 f"{tokens_per_s:,.0f} tok/s | {window.seconds / steps * 1000:.0f} ms/step | alpha [{alpha}]"
             )
 
-    def evaluate(self) -> dict:
+    def evaluate(self, final: bool = True) -> dict:
+        """Score every target task (every rank gets the results); ``final`` forces full scores."""
         tcfg = self.cfg.targets
         results = evaluate_tasks(
             self.engine,
@@ -617,6 +618,7 @@ class Trainer:
             pipeline_shape=(self.cfg.train.micro_batch_size, self.cfg.model.seq_length)
             if self.pipelined
             else None,
+            mode="full" if final else tcfg.eval_mode,
         )
         scalars = {
             f"target/{task}/{metric}": value

@@ -56,8 +56,15 @@ def _parallel_run(rank, world_size, corpus, out, overrides):
     env = parallel.init_distributed(cfg.parallel, cfg.seed)
     trainer, summary = train_in_process(cfg, "configs/ds/zero1.json", env)
     alpha = trainer.method.domain_weights.tolist()
+    trainer.cfg.targets.eval_mode = "loss"
+    gold_only = trainer.evaluate(final=False)
     parallel.destroy_distributed()
-    return {"loss": summary["history"]["loss"], "eval": summary["eval"], "alpha": alpha}
+    return {
+        "loss": summary["history"]["loss"],
+        "eval": summary["eval"],
+        "alpha": alpha,
+        "gold_only": gold_only,
+    }
 
 
 @pytest.mark.parametrize(
@@ -76,6 +83,9 @@ def test_model_parallel_trains(test_corpus, tmp_path, overrides):
     assert set(evals) == {"prose_cloze", "legal_cloze"}
     assert all(0.0 <= scores["acc"] <= 1.0 for scores in evals.values())
     assert evals == results[1]["eval"]
+    for task, scores in results[0]["gold_only"].items():  # eval_mode=loss scores only gold answers
+        assert set(scores) == {"loss"}
+        assert scores["loss"] == pytest.approx(evals[task]["loss"], rel=1e-9)
 
 
 def _grape_run(rank, world_size, corpus, out, name, overrides):
