@@ -1,0 +1,163 @@
+"""Writing the benchmark's outputs: results.json, results.md and the PNG figures."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from megagrape.bench.analysis import BASELINE, TARGET_RATIO, Analysis, curves_by_method
+from megagrape.bench.plots import plot_final_alpha, plot_summary_losses, plot_target_losses
+
+FIGURES = {
+    "target_loss": "target_loss.png",
+    "summary_loss": "worst_mean_loss.png",
+    "final_alpha": "final_alpha.png",
+}
+
+
+def _range(stats: Mapping[str, float], digits: int = 3) -> str:
+    return f"{stats['mean']:.{digits}f} [{stats['min']:.{digits}f}, {stats['max']:.{digits}f}]"
+
+
+def markdown(analysis: Analysis, settings: Mapping, results: Sequence[Mapping]) -> str:
+    """The results.md text: settings, token efficiency (per seed and spread), final scores."""
+    lines = ["# Mixture benchmark", ""]
+    lines += [f"* {key}: {value}" for key, value in settings.items()]
+    lines += [
+        "",
+        "## Token efficiency (seed-paired)",
+        "",
+        "Tokens a method needs to reach the baseline's final loss, as a share of the baseline's "
+        "tokens: method seed s against baseline seed s (same initialisation, data order and "
+        "eval items), linear interpolation between evaluation points. Mean [min, max] over "
+        "seeds; a seed that never reaches it counts as its lower bound ('>1 (not reached)').",
+        "",
+        "| method | vs | worst-target | mean-target | worst-target per seed | mean-target per seed |",
+        "|---|---|---|---|---|---|",
+    ]
+    for comparison in analysis.comparisons:
+        worst, mean = comparison.spreads["worst"], comparison.spreads["mean"]
+        per_seed = [
+            ", ".join(f"s{e.seed}: {e.label()}" for e in spread.per_seed)
+            for spread in (worst, mean)
+        ]
+        lines.append(
+            f"| {comparison.method} | {comparison.baseline} | {worst.label()} | {mean.label()} | "
+            f"{per_seed[0]} | {per_seed[1]} |"
+        )
+    meets = analysis.grape_meets_target()
+    if meets is not None:
+        lines += [
+            "",
+            f"GRAPE reaches {BASELINE}'s final worst-target loss with <= {TARGET_RATIO} of its "
+            f"tokens on every seed: **{'yes' if meets else 'no'}**.",
+        ]
+    lines += [
+        "",
+        "## Final scores",
+        "",
+        "Gold-continuation loss (nats/token) of the last evaluation and mean accuracy over the "
+        "targets; mean [min, max] over seeds. Wall time is per run.",
+        "",
+        "| method | seeds | worst-target loss | mean-target loss | mean acc | mean acc_norm | worst target | minutes/run |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for method in analysis.methods:
+        s = analysis.summaries[method]
+        lines.append(
+            f"| {method} | {len(s['seeds'])} | {_range(s['final_worst_loss'])} | "
+            f"{_range(s['final_mean_loss'])} | {_range(s['mean_acc'])} | "
+            f"{_range(s['mean_acc_norm'])} | {s['worst_target']} | "
+            f"{s['seconds']['mean'] / 60:.1f} |"
+        )
+    targets = (
+        list(analysis.summaries[analysis.methods[0]]["final_loss"]) if analysis.methods else []
+    )
+    if targets:
+        lines += [
+            "",
+            "Final loss per target (mean over seeds):",
+            "",
+            "| method | " + " | ".join(targets) + " |",
+            "|---|" + "---|" * len(targets),
+        ]
+        for method in analysis.methods:
+            losses = analysis.summaries[method]["final_loss"]
+            lines.append(
+                f"| {method} | " + " | ".join(f"{losses[t]['mean']:.3f}" for t in targets) + " |"
+            )
+        lines += [
+            "",
+            "Final accuracy per target (mean over seeds):",
+            "",
+            "| method | " + " | ".join(targets) + " |",
+            "|---|" + "---|" * len(targets),
+        ]
+        for method in analysis.methods:
+            acc = analysis.summaries[method]["final_acc"]
+            lines.append(
+                f"| {method} | " + " | ".join(f"{acc[t]['mean']:.3f}" for t in targets) + " |"
+            )
+    with_alpha = [m for m in analysis.methods if "final_alpha" in analysis.summaries[m]]
+    if with_alpha:
+        domains = list(analysis.summaries[with_alpha[0]]["final_alpha"])
+        lines += [
+            "",
+            "Final domain weights α (mean over seeds):",
+            "",
+            "| method | " + " | ".join(domains) + " |",
+            "|---|" + "---|" * len(domains),
+        ]
+        for method in with_alpha:
+            alpha = analysis.summaries[method]["final_alpha"]
+            lines.append(
+                f"| {method} | " + " | ".join(f"{alpha[d]['mean']:.3f}" for d in domains) + " |"
+            )
+    lines += ["", "## Figures", ""]
+    lines += [f"![{key}]({name})" for key, name in FIGURES.items()]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def write_outputs(
+    out: Path,
+    analysis: Analysis,
+    results: Sequence[Mapping],
+    settings: Mapping,
+    extra: Mapping | None = None,
+) -> dict[str, Path]:
+    """Write results.json, results.md and the figures under ``out``; returns their paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    curves = curves_by_method(results)
+    ordered = {m: curves[m] for m in analysis.methods}
+    title = settings.get("title", "")
+    if ordered:
+        paths["target_loss"] = plot_target_losses(ordered, out / FIGURES["target_loss"], title)
+        paths["summary_loss"] = plot_summary_losses(
+            ordered, out / FIGURES["summary_loss"], title=title
+        )
+        alphas = {
+            m: [r["final_alpha"] for r in results if r["method"] == m and r.get("final_alpha")]
+            for m in analysis.methods
+        }
+        if any(alphas.values()):
+            paths["final_alpha"] = plot_final_alpha(alphas, out / FIGURES["final_alpha"], title)
+    document = {
+        "settings": dict(settings),
+        **(dict(extra) if extra else {}),
+        "analysis": analysis.to_dict(),
+        "runs": list(results),
+    }
+    paths["json"] = _write_text(out / "results.json", json.dumps(document, indent=1))
+    paths["markdown"] = _write_text(out / "results.md", markdown(analysis, settings, results))
+    return paths
+
+
+def _write_text(path: Path, text: str) -> Path:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
