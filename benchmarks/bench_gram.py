@@ -90,17 +90,19 @@ def make_vectors(
 def torch_dot_gram(a: Vectors, b: Vectors) -> torch.Tensor:
     """The torch loop a user would write: torch.dot per slot for each (k, n), fp64 total.
 
-    Products run in the inputs' dtype (float32 where a and b differ, upcasting the bf16 side).
+    Products run in the inputs' dtype; where a and b differ, both sides are upcast to
+    float32 (each b vector once, each a slot per pair).
     """
     device = a[0][0].device
+    a_dtype = a[0][0].dtype if a and a[0] else torch.float32
     out = torch.zeros(len(a), len(b), dtype=torch.float64, device=device)
-    for k, a_vector in enumerate(a):
-        for n, b_vector in enumerate(b):
+    for n, b_vector in enumerate(b):
+        b_slots = [y.flatten() if y.dtype == a_dtype else y.flatten().float() for y in b_vector]
+        for k, a_vector in enumerate(a):
             total = torch.zeros((), dtype=torch.float64, device=device)
-            for x, y in zip(a_vector, b_vector):
-                if x.dtype != y.dtype:
-                    x, y = x.float(), y.float()
-                total += torch.dot(x.flatten(), y.flatten()).double()
+            for x, y in zip(a_vector, b_slots):
+                x = x.flatten() if x.dtype == y.dtype else x.flatten().float()
+                total += torch.dot(x, y).double()
             out[k, n] = total
     return out
 
