@@ -1,13 +1,17 @@
 """tools/convert_grape_config.py maps GRAPE reference-project JSON configs onto megagrape configs."""
 
+import importlib.util
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 from megagrape.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location(
+    "convert_grape_config", REPO / "tools" / "convert_grape_config.py"
+)
+tool = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(tool)
 
 # Fields of the reference's config/climb/grape_mu5.json (research/algorithms.md §1).
 GRAPE_MU5 = {
@@ -32,22 +36,22 @@ GRAPE_MU5 = {
 }
 
 
-def convert(tmp_path, reference, *args):
+class Result:
+    def __init__(self, returncode, stdout, stderr):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def convert(tmp_path, reference, *args, capsys=None):
     src = tmp_path / "ref.json"
     src.write_text(json.dumps(reference))
     out = tmp_path / "out.yaml"
-    result = subprocess.run(
-        [sys.executable, "tools/convert_grape_config.py", str(src), "--out", str(out), *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    return result, out
+    code = tool.main([str(src), "--out", str(out), *args])
+    captured = capsys.readouterr() if capsys else None
+    return Result(code, captured.out if captured else "", captured.err if captured else ""), out
 
 
-def test_grape_mu5_maps_to_grape(tmp_path):
-    result, out = convert(tmp_path, GRAPE_MU5, "--gpus", "2")
+def test_grape_mu5_maps_to_grape(tmp_path, capsys):
+    result, out = convert(tmp_path, GRAPE_MU5, "--gpus", "2", capsys=capsys)
     assert result.returncode == 0, result.stderr
     cfg = load_config(out)
     assert cfg.mixture.method == "grape"
@@ -91,7 +95,7 @@ def test_doge_base_and_static_mixtures(tmp_path):
     assert json.loads(initial.read_text()) == {"cluster_1": 0.5, "cluster_2": 0.3, "cluster_3": 0.2}
 
 
-def test_unknown_scheduler_is_rejected(tmp_path):
-    result, _ = convert(tmp_path, {**GRAPE_MU5, "lr_scheduler_name": "polynomial"})
+def test_unknown_scheduler_is_rejected(tmp_path, capsys):
+    result, _ = convert(tmp_path, {**GRAPE_MU5, "lr_scheduler_name": "polynomial"}, capsys=capsys)
     assert result.returncode == 2
     assert "lr_scheduler_name='polynomial'" in result.stderr
