@@ -4,10 +4,11 @@
 // CPU algorithm. Every slot is cut into work items of kItemElements elements; an item is
 // processed by one thread and writes its own row of fp64 partials, and the rows are summed
 // in item order at the end, so the result is bit-identical for any thread count. Inside an
-// item, blocks of kBlockElements elements are summed in fp32 (8 lanes, FMA on AVX2) and each
-// block's sums are added in fp64. A block of all K + N vectors stays in L2 while register
-// tiles of kTileK x kTileN products sweep it, so each element comes from memory once; long
-// blocks keep each vector's reads sequential for long enough for the hardware prefetcher.
+// item, the K + N vectors are read in blocks of kBlockElements elements. A block of all of
+// them stays in L2 while register tiles of kTileK x kTileN products sweep it, so each
+// element comes from memory once; long blocks keep each vector's reads sequential for long
+// enough for the hardware prefetcher. The tiles sum products in fp32 lanes over short runs
+// (kLaneTerms products per lane) and add the runs in fp64.
 // When every vector is bfloat16 (and the CPU has AVX2), the tiles widen bf16 in registers;
 // otherwise bf16 blocks are widened into a per-thread float32 scratch first.
 #include "gram.h"
@@ -37,7 +38,7 @@
 namespace {
 
 constexpr int64_t kItemElements = 32768;  // elements per work item (one partial row each)
-constexpr int64_t kBlockElements = 4096;  // elements summed in fp32 before the fp64 add
+constexpr int64_t kBlockElements = 4096;  // elements of every vector swept while in L2
 constexpr int kTileK = 4;                 // a-vectors per register tile
 constexpr int kTileN = 3;                 // b-vectors per float32 register tile
 constexpr int kTileNBf16 = 2;             // b-vectors per bfloat16 register tile
@@ -139,8 +140,11 @@ std::vector<WorkItem> cut_items(const GramLayout& L, int64_t item_elements) {
 
 // ---------------------------------------------------------------------------------------
 // Register tiles: out[k * ld + n] += sum_i a[k][i] * b[n][i] for k < KT, n < NT, i < len.
-// The lane-aligned part is summed in fp32 lanes; the lanes and the tail are then added in
-// fp64 in a fixed order. T is float, or uint16_t for bfloat16 bits read directly.
+// Products are summed in fp32 lanes over runs of kLaneTerms products per lane; each run's
+// lanes are then added in fp64 (fixed order), and so is the tail that does not fill a
+// vector. T is float, or uint16_t for bfloat16 bits read directly.
+constexpr int64_t kLaneTerms = 64;
+
 template <class T>
 using TileFn = void (*)(const T* const* a, const T* const* b, int64_t len, double* out,
                         int64_t ld);
@@ -165,25 +169,30 @@ inline double tail_dot(const T* a, const T* b, int64_t from, int64_t len) {
 template <int KT, int NT>
 struct TilePortable {
   static constexpr int kLanes = 4;
+  static constexpr int64_t kRun = kLaneTerms * kLanes;
   static void run(const float* const* a, const float* const* b, int64_t len, double* out,
                   int64_t ld) {
-    float acc[KT][NT][kLanes] = {};
-    int64_t i = 0;
-    for (; i + kLanes <= len; i += kLanes) {
+    const int64_t vector_end = len - len % kLanes;
+    double sums[KT][NT] = {};
+    for (int64_t start = 0; start < vector_end; start += kRun) {
+      const int64_t stop = std::min(vector_end, start + kRun);
+      float acc[KT][NT][kLanes] = {};
+      for (int64_t i = start; i < stop; i += kLanes) {
 #pragma GCC unroll 16
+        for (int k = 0; k < KT; ++k)
+#pragma GCC unroll 16
+          for (int n = 0; n < NT; ++n)
+#pragma GCC unroll 16
+            for (int l = 0; l < kLanes; ++l) acc[k][n][l] += a[k][i + l] * b[n][i + l];
+      }
       for (int k = 0; k < KT; ++k)
-#pragma GCC unroll 16
         for (int n = 0; n < NT; ++n)
-#pragma GCC unroll 16
-          for (int l = 0; l < kLanes; ++l) acc[k][n][l] += a[k][i + l] * b[n][i + l];
+          sums[k][n] += (static_cast<double>(acc[k][n][0]) + static_cast<double>(acc[k][n][2])) +
+                        (static_cast<double>(acc[k][n][1]) + static_cast<double>(acc[k][n][3]));
     }
     for (int k = 0; k < KT; ++k)
-      for (int n = 0; n < NT; ++n) {
-        const double lanes =
-            (static_cast<double>(acc[k][n][0]) + static_cast<double>(acc[k][n][2])) +
-            (static_cast<double>(acc[k][n][1]) + static_cast<double>(acc[k][n][3]));
-        out[k * ld + n] += lanes + tail_dot(a[k], b[n], i, len);
-      }
+      for (int n = 0; n < NT; ++n)
+        out[k * ld + n] += sums[k][n] + tail_dot(a[k], b[n], vector_end, len);
   }
 };
 
@@ -200,61 +209,76 @@ __attribute__((target("avx2,fma"), always_inline)) inline double lane_sum(__m256
 // AVX2 + FMA on float32: 8 lanes; the 4 x 3 tile uses 12 accumulators + 3 b + 1 a registers.
 template <int KT, int NT>
 struct TileAvx2 {
+  static constexpr int64_t kRun = kLaneTerms * 8;
   __attribute__((target("avx2,fma"))) static void run(const float* const* a,
                                                       const float* const* b, int64_t len,
                                                       double* out, int64_t ld) {
-    __m256 acc[KT][NT];
-    for (int k = 0; k < KT; ++k)
-      for (int n = 0; n < NT; ++n) acc[k][n] = _mm256_setzero_ps();
-    int64_t i = 0;
-    for (; i + 8 <= len; i += 8) {
-      __m256 bv[NT];
-      for (int n = 0; n < NT; ++n) bv[n] = _mm256_loadu_ps(b[n] + i);
-      for (int k = 0; k < KT; ++k) {
-        const __m256 av = _mm256_loadu_ps(a[k] + i);
-        for (int n = 0; n < NT; ++n) acc[k][n] = _mm256_fmadd_ps(av, bv[n], acc[k][n]);
+    const int64_t vector_end = len - len % 8;
+    double sums[KT][NT] = {};
+    for (int64_t start = 0; start < vector_end; start += kRun) {
+      const int64_t stop = std::min(vector_end, start + kRun);
+      __m256 acc[KT][NT];
+      for (int k = 0; k < KT; ++k)
+        for (int n = 0; n < NT; ++n) acc[k][n] = _mm256_setzero_ps();
+      for (int64_t i = start; i < stop; i += 8) {
+        __m256 bv[NT];
+        for (int n = 0; n < NT; ++n) bv[n] = _mm256_loadu_ps(b[n] + i);
+        for (int k = 0; k < KT; ++k) {
+          const __m256 av = _mm256_loadu_ps(a[k] + i);
+          for (int n = 0; n < NT; ++n) acc[k][n] = _mm256_fmadd_ps(av, bv[n], acc[k][n]);
+        }
       }
+      for (int k = 0; k < KT; ++k)
+        for (int n = 0; n < NT; ++n) sums[k][n] += lane_sum(acc[k][n]);
     }
     for (int k = 0; k < KT; ++k)
       for (int n = 0; n < NT; ++n)
-        out[k * ld + n] += lane_sum(acc[k][n]) + tail_dot(a[k], b[n], i, len);
+        out[k * ld + n] += sums[k][n] + tail_dot(a[k], b[n], vector_end, len);
   }
 };
 
 // AVX2 + FMA on bfloat16 bits, widened in registers: 16 elements per 256-bit load; the
 // even elements are the low halves of the 32-bit lanes (shift left 16), the odd ones the
 // high halves (mask). Both sides are split the same way, so the pairs stay matched. The
-// 4 x 2 tile uses 8 accumulators + 4 b + 2 a + 1 mask registers.
+// 4 x 2 tile uses 8 accumulators + 4 b + 2 a + 1 mask registers. Each lane takes two
+// products per 16 elements.
 template <int KT, int NT>
 struct TileAvx2Bf16 {
+  static constexpr int64_t kRun = kLaneTerms * 8;
   __attribute__((target("avx2,fma"))) static void run(const uint16_t* const* a,
                                                       const uint16_t* const* b, int64_t len,
                                                       double* out, int64_t ld) {
     const __m256i high_half = _mm256_set1_epi32(static_cast<int>(0xFFFF0000u));
-    __m256 acc[KT][NT];
-    for (int k = 0; k < KT; ++k)
-      for (int n = 0; n < NT; ++n) acc[k][n] = _mm256_setzero_ps();
-    int64_t i = 0;
-    for (; i + 16 <= len; i += 16) {
-      __m256 b_even[NT], b_odd[NT];
-      for (int n = 0; n < NT; ++n) {
-        const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b[n] + i));
-        b_even[n] = _mm256_castsi256_ps(_mm256_slli_epi32(x, 16));
-        b_odd[n] = _mm256_castsi256_ps(_mm256_and_si256(x, high_half));
-      }
-      for (int k = 0; k < KT; ++k) {
-        const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[k] + i));
-        const __m256 a_even = _mm256_castsi256_ps(_mm256_slli_epi32(x, 16));
-        const __m256 a_odd = _mm256_castsi256_ps(_mm256_and_si256(x, high_half));
+    const int64_t vector_end = len - len % 16;
+    double sums[KT][NT] = {};
+    for (int64_t start = 0; start < vector_end; start += kRun) {
+      const int64_t stop = std::min(vector_end, start + kRun);
+      __m256 acc[KT][NT];
+      for (int k = 0; k < KT; ++k)
+        for (int n = 0; n < NT; ++n) acc[k][n] = _mm256_setzero_ps();
+      for (int64_t i = start; i < stop; i += 16) {
+        __m256 b_even[NT], b_odd[NT];
         for (int n = 0; n < NT; ++n) {
-          acc[k][n] = _mm256_fmadd_ps(a_even, b_even[n], acc[k][n]);
-          acc[k][n] = _mm256_fmadd_ps(a_odd, b_odd[n], acc[k][n]);
+          const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b[n] + i));
+          b_even[n] = _mm256_castsi256_ps(_mm256_slli_epi32(x, 16));
+          b_odd[n] = _mm256_castsi256_ps(_mm256_and_si256(x, high_half));
+        }
+        for (int k = 0; k < KT; ++k) {
+          const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[k] + i));
+          const __m256 a_even = _mm256_castsi256_ps(_mm256_slli_epi32(x, 16));
+          const __m256 a_odd = _mm256_castsi256_ps(_mm256_and_si256(x, high_half));
+          for (int n = 0; n < NT; ++n) {
+            acc[k][n] = _mm256_fmadd_ps(a_even, b_even[n], acc[k][n]);
+            acc[k][n] = _mm256_fmadd_ps(a_odd, b_odd[n], acc[k][n]);
+          }
         }
       }
+      for (int k = 0; k < KT; ++k)
+        for (int n = 0; n < NT; ++n) sums[k][n] += lane_sum(acc[k][n]);
     }
     for (int k = 0; k < KT; ++k)
       for (int n = 0; n < NT; ++n)
-        out[k * ld + n] += lane_sum(acc[k][n]) + tail_dot(a[k], b[n], i, len);
+        out[k * ld + n] += sums[k][n] + tail_dot(a[k], b[n], vector_end, len);
   }
 };
 #endif
@@ -455,13 +479,15 @@ at::Tensor gram(const VectorList& a, const VectorList& b) {
 
 void register_gram(pybind11::module_& m) {
   m.def("gram", &gram, pybind11::arg("a"), pybind11::arg("b"),
+        pybind11::call_guard<pybind11::gil_scoped_release>(),
         R"doc(Local partial Gram matrix of sharded vectors.
 
 a: K vectors, b: N vectors; each vector is a list of P contiguous float32 or bfloat16
 tensors ("slots"); slot j has the same numel in every vector (shapes may differ). Returns
 float64 [K, N] on the tensors' device with entry (k, n) = sum_j <a[k][j], b[n][j]>.
-Every element is read once; fp32 sums over 512-element blocks, fp64 across blocks, and a
-fixed reduction order (bit-identical results for any thread count).)doc");
+Every element is read once; fp32 sums within short blocks, fp64 across blocks, and a
+fixed reduction order (bit-identical results for any thread count). The GIL is released
+while it runs.)doc");
 #ifdef MEGAGRAPE_WITH_CUDA
   m.attr("gram_has_cuda") = true;
 #else

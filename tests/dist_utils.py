@@ -12,7 +12,8 @@ from __future__ import annotations
 import os
 import socket
 import traceback
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch.multiprocessing as mp
 
@@ -36,7 +37,7 @@ def _entry(rank: int, world_size: int, port: int, fn: Callable, args: tuple, que
     try:
         result = fn(rank, world_size, *args)
         queue.put((rank, "ok", result))
-    except BaseException:  # noqa: BLE001 - report every failure to the parent
+    except BaseException:
         queue.put((rank, "error", traceback.format_exc()))
         raise
 

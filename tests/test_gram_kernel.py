@@ -116,8 +116,9 @@ def test_slots_may_be_views_into_flat_buffers_at_odd_offsets():
     assert_close_to_reference(_C.gram(a, b), a, b)
 
 
-def test_same_vectors_give_exactly_symmetric_gram():
-    a = random_vectors(7, [(5003,), (17,)], torch.float32, seed=3)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_same_vectors_give_exactly_symmetric_gram(dtype):
+    a = random_vectors(7, [(5003,), (17,)], dtype, seed=3)
     got = _C.gram(a, a)
     assert_close_to_reference(got, a, a)
     assert torch.equal(got, got.T)
