@@ -9,8 +9,14 @@ the way ZeRO keeps gradients), measured side by side in one run, medians of --re
   machine's own: torch.sum over the same bytes (read as float32), and on CUDA a
   device-to-device copy (bytes read + written / time).
 
+The same run then times one reweighting event (GRAPE, K=--k domains, N=--n targets made by
+cycling over the corpus's own) on the quickstart model, as a fraction of a training step
+(benchmarks/trainer_bench.py says how).
+
     python benchmarks/bench_gram.py                      # full size: 22 x 1e8 fp32 = 8.8 GB
     python benchmarks/bench_gram.py --elements 1000000   # quick
+    python benchmarks/bench_gram.py --variants ''          # the event cost only
+    python benchmarks/bench_gram.py --no-event           # the kernel only
 
 Prints one JSON object (all numbers) and then a short table.
 """
@@ -276,6 +282,13 @@ def main() -> None:
         "--variants", default="fp32,bf16,fp32xbf16", help=f"comma list of {list(VARIANTS)}"
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--event-config", default="configs/quickstart.yaml", help="model and corpus of the event timing"
+    )
+    parser.add_argument("--event-ds-config", default="configs/ds/zero1.json")
+    parser.add_argument("--event-interval", type=int, default=5, help="steps between events")
+    parser.add_argument("--events", type=int, default=6, help="events timed")
+    parser.add_argument("--no-event", action="store_true", help="skip the event timing")
     args = parser.parse_args()
     device = torch.device(args.device)
     names = [v for v in args.variants.split(",") if v]
@@ -284,10 +297,39 @@ def main() -> None:
         parser.error(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
     load_before = os.getloadavg()
     results = [bench_variant(v, args.k, args.n, args.elements, device, args.repeats) for v in names]
+    event = None
+    if not args.no_event:
+        from trainer_bench import measure_event_cost
+
+        event = measure_event_cost(
+            args.event_config,
+            args.event_ds_config,
+            domains=args.k,
+            targets=args.n,
+            interval=args.event_interval,
+            events=args.events,
+            overrides=[],
+        )
     machine = machine_description(device)
     machine["load_average_before"] = load_before
-    print(json.dumps({"machine": machine, "results": results}, indent=1))
-    print_table(results)
+    print(json.dumps({"machine": machine, "results": results, "event": event}, indent=1))
+    if results:
+        print_table(results)
+    if event is not None:
+        print(
+            f"\nreweighting event ({event['method']}, K={event['domains']}, N={event['targets']}, "
+            f"{event['model']['parameters'] / 1e6:.2f}M params, capture {event['capture_mode']}): "
+            f"plain step {event['plain_step_s'] * 1000:.0f} ms, event step "
+            f"{event['event_step_s'] * 1000:.0f} ms -> event = {event['event_fraction_of_step']:.2f} "
+            f"of a step; every {event['interval']} steps that is "
+            f"{event['amortized_overhead'] * 100:.1f}% of training time"
+        )
+        parts = event["event_parts_s"]
+        print(
+            f"  of the event: target gradients {parts['target_gradients'] * 1000:.0f} ms, probe "
+            f"micro-batches {parts['probes'] * 1000:.0f} ms; capture + Gram + update "
+            f"{parts['reweight'] * 1000:.0f} ms in all"
+        )
 
 
 if __name__ == "__main__":

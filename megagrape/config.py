@@ -204,7 +204,8 @@ class TrainConfig:
     microbatch_schedule: str = "auto"
     """fixed: GAS equal micro-batches; by_domain: domain-pure micro-batch rounds aligned across
     ranks (needed to read per-domain gradients from training micro-batches); auto: by_domain
-    when the mixture method needs per-domain gradients, else fixed."""
+    on the steps that end in a reweighting event of a method that needs per-domain gradients,
+    fixed on every other step."""
 
     def validate(self) -> None:
         for name in ("train_iters", "global_batch_size", "micro_batch_size"):

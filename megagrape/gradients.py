@@ -60,7 +60,9 @@ class CapturedGradients:
     domain_gram: torch.Tensor | None  # [K, K] float64
     target_losses: torch.Tensor | None  # [N] float64
     probed_domains: list[int]  # domains whose gradient came from probe micro-batches
-    seconds: float
+    seconds: float  # wall time of the whole capture, begin_step to end_step
+    target_seconds: float  # of which: the N target gradients
+    probe_seconds: float  # of which: probe micro-batches for the probed domains
 
 
 def capture_mode(zero_stage: int, pipeline_parallel: int, method: str) -> str:
@@ -134,6 +136,7 @@ class GradientCapture:
         self.domain_vectors: dict[int, list[torch.Tensor]] = {}
         self.rounds_seen: set[int] = set()
         self.started = 0.0
+        self.target_seconds = 0.0
 
     def begin_step(self, step: int) -> None:
         self._reset()
@@ -141,6 +144,7 @@ class GradientCapture:
         k = len(self.trainer.domain_names)
         if self.want_targets:
             self._compute_target_gradients(step)
+            self.target_seconds = time.perf_counter() - self.started
             self.products = torch.zeros(k, len(self.trainer.tasks), dtype=torch.float64)
 
     def after_microbatch(self, micro: MicroBatch) -> None:
@@ -188,6 +192,7 @@ class GradientCapture:
                     vector = self.domain_vectors[d]
                     flat = _all_reduce_sum(vector, self.dp_group)
                     domain_vectors[d] = [v * scale[d] for v in flat]
+        probes_started = time.perf_counter()
         for d in probe_domains:
             grads = self._probe_domain(d, counts[d] > 0)
             if self.want_targets:
@@ -199,6 +204,7 @@ class GradientCapture:
             dist.all_reduce(stacked, group=self.mp_group)  # DP ranks hold identical reduced vectors
             for i, d in enumerate(probe_domains):
                 gram_rows[d] = stacked[i].cpu()
+        probe_seconds = time.perf_counter() - probes_started
 
         domain_target_gram = (
             torch.stack([gram_rows[d] for d in range(k)]) if self.want_targets else None
@@ -215,6 +221,8 @@ class GradientCapture:
             target_losses=self.target_losses,
             probed_domains=probe_domains,
             seconds=time.perf_counter() - self.started,
+            target_seconds=self.target_seconds,
+            probe_seconds=probe_seconds,
         )
         self._reset()
         return result

@@ -199,9 +199,12 @@ class Trainer:
                 "train.microbatch_schedule=by_domain is not supported with pipeline parallelism: DeepSpeed's "
                 "pipeline engine runs a fixed number of equal micro-batches; use fixed or auto"
             )
-        if schedule == "auto":
-            schedule = "by_domain" if needs_domain_grads else "fixed"
-        self.schedule = schedule
+        # auto: domain-pure rounds only on the steps that end in an event (where the capture
+        # reads per-domain gradients from them); every other step packs full micro-batches.
+        self.schedule = "fixed" if schedule == "auto" else schedule
+        self.event_schedule = (
+            "by_domain" if schedule == "auto" and needs_domain_grads else self.schedule
+        )
 
         self.pipelined = cfg.parallel.pipeline_parallel > 1
         if self.pipelined and self.apply_loss:
@@ -359,10 +362,14 @@ class Trainer:
         seed_everything(cfg.seed, self.step, env)
         started = time.perf_counter()
         batch = self.current_batch = self.sampler.next_global_batch()
-        plan = plan_microbatches(
-            batch, env.dp_rank, env.dp_size, cfg.train.micro_batch_size, self.schedule
-        )
         event = self._is_event(self.step)
+        plan = plan_microbatches(
+            batch,
+            env.dp_rank,
+            env.dp_size,
+            cfg.train.micro_batch_size,
+            self.event_schedule if event else self.schedule,
+        )
         k = len(self.domain_names)
         # Per-domain sums of per-sample losses (and DoReMi excess losses), counts, total loss.
         stats = torch.zeros(3 * k + 1, dtype=torch.float64)
@@ -494,6 +501,12 @@ class Trainer:
             "diagnostics": update.diagnostics,
             "reweight_time_s": seconds,
         }
+        if observed is not None:
+            record["capture_time_s"] = {
+                "total": observed.seconds,
+                "target_gradients": observed.target_seconds,
+                "probes": observed.probe_seconds,
+            }
         self.metrics.mixture_event(record)
         scalars = {f"mixture/alpha/{n}": w for n, w in zip(self.domain_names, alpha)}
         if z is not None:

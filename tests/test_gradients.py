@@ -113,28 +113,45 @@ def test_sharded_gram_equals_full_gram(test_corpus, tmp_path, reference, ds_path
     np.testing.assert_allclose(results[0]["losses"], reference["losses"], rtol=1e-5)
 
 
-def _params_after_one_step(rank, world_size, corpus, out, interval):
+def _params_after_one_step(rank, world_size, corpus, out, interval, schedule):
     from megagrape import parallel
 
     trainer, _env = _trainer(
         corpus,
         out,
-        f"p{interval}",
+        f"p{interval}{schedule}",
         "configs/ds/zero1.json",
-        (*GRAPE[:1], f"mixture.interval={interval}", "train.train_iters=1"),
+        (
+            *GRAPE[:1],
+            f"mixture.interval={interval}",
+            "train.train_iters=1",
+            f"train.microbatch_schedule={schedule}",
+        ),
     )
     trainer.train_step()
     captured = trainer.last_observation is not None
     flat = torch.cat([p.detach().reshape(-1) for p in trainer.engine.module.parameters()]).clone()
     parallel.destroy_distributed()
-    return {"params": flat.numpy(), "captured": captured}
+    return {
+        "params": flat.numpy(),
+        "captured": captured,
+        "schedules": (trainer.schedule, trainer.event_schedule),
+    }
 
 
 def test_capture_leaves_training_bit_identical(test_corpus, tmp_path):
-    with_capture = run_distributed(_params_after_one_step, 2, args=(test_corpus, tmp_path, 1))
-    without = run_distributed(_params_after_one_step, 2, args=(test_corpus, tmp_path, 1000))
+    """Same micro-batches with and without an event: the capture must not change a bit. The
+    auto schedule packs full micro-batches on steps without an event: the same update up to
+    float summation order."""
+    args = (test_corpus, tmp_path)
+    with_capture = run_distributed(_params_after_one_step, 2, args=(*args, 1, "by_domain"))
+    without = run_distributed(_params_after_one_step, 2, args=(*args, 1000, "by_domain"))
+    packed = run_distributed(_params_after_one_step, 2, args=(*args, 1000, "auto"))
     assert with_capture[0]["captured"] and not without[0]["captured"]
     np.testing.assert_array_equal(with_capture[0]["params"], without[0]["params"])
+    assert packed[0]["schedules"] == ("fixed", "by_domain")
+    assert not np.array_equal(packed[0]["params"], without[0]["params"])
+    np.testing.assert_allclose(packed[0]["params"], without[0]["params"], rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize(

@@ -85,6 +85,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="run-config override for one method, e.g. grape:mixture.options.mu_a=3",
     )
     parser.add_argument(
+        "--weights-file",
+        default=None,
+        help="static weights JSON for the 'file' method (e.g. tools/regmix.py's regmix_weights.json)",
+    )
+    parser.add_argument(
         "--estimate", action="store_true", help="print the plan and time estimate, run nothing"
     )
     parser.add_argument(

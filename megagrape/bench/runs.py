@@ -172,6 +172,19 @@ def _output_to(path: Path) -> Iterator[None]:
             os.close(saved[1])
 
 
+def _single_process_env() -> None:
+    """A one-rank process group on a port nobody holds: every run (several per worker, two
+    workers at once) gets its own rendezvous, so a store still closing cannot collide."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    os.environ.update(
+        RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
+
+
 def execute_job(job: RunJob, redirect: bool = True) -> dict:
     """Train ``job`` in this process (from scratch), write and return its result."""
     from megagrape.ds_config import read_ds_config
@@ -180,6 +193,7 @@ def execute_job(job: RunJob, redirect: bool = True) -> dict:
     cfg = job.config()
     fingerprint = job.fingerprint()
     shutil.rmtree(cfg.run_dir, ignore_errors=True)
+    _single_process_env()
     output = _output_to(Path(job.log_path)) if redirect else contextlib.nullcontext()
     with output:
         started = time.perf_counter()
