@@ -152,12 +152,17 @@ def main() -> None:
         default=[0.5, 0.9],
         help="fractions of the stream where the weights change (section 2)",
     )
+    parser.add_argument("--json", default=None, help="also write the JSON object to this file")
     args = parser.parse_args()
     builders = bench_builders(args.samples, args.domains, args.repeats, args.seed)
     change = bench_weight_change(
         args.samples, args.domains, args.repeats, args.seed, args.change_at
     )
-    print(json.dumps({"builders": builders, "weight_change": change}, indent=2))
+    text = json.dumps({"builders": builders, "weight_change": change}, indent=2)
+    print(text)
+    if args.json:
+        with open(args.json, "w") as handle:
+            handle.write(text + "\n")
 
     print()
     print(

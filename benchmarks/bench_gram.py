@@ -289,6 +289,7 @@ def main() -> None:
     parser.add_argument("--event-interval", type=int, default=5, help="steps between events")
     parser.add_argument("--events", type=int, default=6, help="events timed")
     parser.add_argument("--no-event", action="store_true", help="skip the event timing")
+    parser.add_argument("--json", default=None, help="also write the JSON object to this file")
     args = parser.parse_args()
     device = torch.device(args.device)
     names = [v for v in args.variants.split(",") if v]
@@ -312,7 +313,11 @@ def main() -> None:
         )
     machine = machine_description(device)
     machine["load_average_before"] = load_before
-    print(json.dumps({"machine": machine, "results": results, "event": event}, indent=1))
+    text = json.dumps({"machine": machine, "results": results, "event": event}, indent=1)
+    print(text)
+    if args.json:
+        with open(args.json, "w") as handle:
+            handle.write(text + "\n")
     if results:
         print_table(results)
     if event is not None:

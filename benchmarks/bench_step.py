@@ -25,13 +25,11 @@ import statistics
 import time
 
 import torch
+from trainer_bench import start_trainer
 
 from megagrape import parallel
-from megagrape.config import load_config
-from megagrape.ds_config import read_ds_config, resolve_ds_config
 from megagrape.microbatches import collate, plan_microbatches
 from megagrape.model import token_losses
-from megagrape.trainer import Trainer
 
 
 def bare_step(engine, micro_batches: list[dict]) -> None:
@@ -60,27 +58,22 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="steps per timed block")
     parser.add_argument("--repeats", type=int, default=5, help="timed blocks per side")
     parser.add_argument("overrides", nargs="*")
+    parser.add_argument("--json", default=None, help="also write the JSON object to this file")
     args = parser.parse_args()
 
-    overrides = [
-        "mixture.method=static",
-        "mixture.options={}",
-        "train.microbatch_schedule=fixed",
-        "logging.tensorboard=false",
-        "logging.progress_bar=false",
-        "checkpoint.resume=none",
-        "name=bench_step",
-        f"train.train_iters={(args.repeats + 1) * args.steps * 2 + 10}",
-        *args.overrides,
-    ]
-    cfg = load_config(args.config, overrides)
-    cfg.validate(world_size=1)
-    env = parallel.init_distributed(cfg.parallel, cfg.seed)
-    ds = resolve_ds_config(
-        read_ds_config(args.ds_config), cfg, env.world_size, env.device, pipeline=False
+    trainer = start_trainer(
+        args.config,
+        args.ds_config,
+        [
+            "mixture.method=static",
+            "mixture.options={}",
+            "train.microbatch_schedule=fixed",
+            "name=bench_step",
+            f"train.train_iters={(args.repeats + 1) * args.steps * 2 + 10}",
+            *args.overrides,
+        ],
     )
-    trainer = Trainer(cfg, ds, env)
-    engine = trainer.engine
+    cfg, env, engine = trainer.cfg, trainer.env, trainer.engine
 
     # The bare loop gets real micro-batches of the same shape, collated once up front.
     plan = plan_microbatches(
@@ -127,7 +120,11 @@ def main() -> None:
         "overhead": ours_median / bare_median - 1.0,
         "tokens_per_s": cfg.train.global_batch_size * cfg.model.seq_length / ours_median,
     }
-    print(json.dumps(result, indent=1))
+    text = json.dumps(result, indent=1)
+    print(text)
+    if args.json:
+        with open(args.json, "w") as handle:
+            handle.write(text + "\n")
     print(f"\n{'side':<10} {'median step (ms)':>18}")
     print(f"{'megagrape':<10} {ours_median * 1000:>18.1f}")
     print(f"{'bare':<10} {bare_median * 1000:>18.1f}")

@@ -30,11 +30,13 @@ QUIET_RUN = [
 
 
 def start_trainer(config: str, ds_config: str, overrides: list[str], edit=None) -> Trainer:
-    """Load ``config`` with ``overrides`` (then ``edit(cfg)`` if given), start a one-rank
-    process group and build the Trainer. Call ``parallel.destroy_distributed()`` after."""
+    """Load ``config`` with ``overrides`` (then ``edit(cfg)`` if given; warm-up clipped to the
+    short timed run), start a one-rank process group and build the Trainer. Call
+    ``parallel.destroy_distributed()`` after."""
     cfg = load_config(config, [*QUIET_RUN, *overrides])
     if edit is not None:
         edit(cfg)
+    cfg.train.lr_warmup_iters = min(cfg.train.lr_warmup_iters, cfg.train.train_iters)
     cfg.validate(world_size=1)
     env = parallel.init_distributed(cfg.parallel, cfg.seed)
     ds = resolve_ds_config(read_ds_config(ds_config), cfg, env.world_size, env.device, pipeline=False)
@@ -86,7 +88,6 @@ def measure_event_cost(
                 "name=bench_event",
                 f"output_dir={tmp}/runs",
                 f"train.train_iters={steps}",
-                f"train.lr_warmup_iters={min(steps, 20)}",
                 *overrides,
             ],
             edit=lambda cfg: replicate_corpus(cfg, domains, targets, Path(tmp)),

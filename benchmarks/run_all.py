@@ -1,0 +1,352 @@
+"""Run every benchmark and regenerate docs/benchmarks.md from their JSON.
+
+    .venv/bin/python benchmarks/run_all.py                  # full sizes (about 15 min on 2 CPU cores)
+    .venv/bin/python benchmarks/run_all.py --quick          # small sizes, a few minutes
+    .venv/bin/python benchmarks/run_all.py --only gram,step # some of them; the others keep their JSON
+    .venv/bin/python benchmarks/run_all.py --report-only    # re-render the page from benchmarks/results/
+
+Each benchmark writes benchmarks/results/<name>[-<device>].json: the command, the machine, the
+wall time and the benchmark's own JSON. The page shows every JSON found there, so figures
+taken on a GPU machine (run this script there with --device cuda, then copy the *-cuda.json
+files back) appear next to the CPU ones with the GPU's name.
+
+Mixture quality is the long one (tools/bench_mixture.py, about 40 min on 2 cores at its
+default size): it runs only with --mixture-run; otherwise the page is built from the results
+of an earlier `tools/bench_mixture.py` run in --mixture-dir (default runs/bench_mixture), and its
+figures are copied to docs/benchmarks/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+PAGE = ROOT / "docs" / "benchmarks.md"
+FIGURES = ROOT / "docs" / "benchmarks"
+
+SIZES = {
+    "full": {
+        "blending": ["--samples", "100000000", "--domains", "64", "--repeats", "5"],
+        "gram": ["--elements", "100000000", "--repeats", "5"],
+        "step": ["--steps", "10", "--repeats", "5"],
+    },
+    "quick": {
+        "blending": ["--samples", "2000000", "--domains", "64", "--repeats", "3"],
+        "gram": ["--elements", "2000000", "--repeats", "3", "--events", "3"],
+        "step": ["--steps", "4", "--repeats", "3"],
+    },
+}
+SCRIPTS = {
+    "blending": "benchmarks/bench_blending.py",
+    "gram": "benchmarks/bench_gram.py",
+    "step": "benchmarks/bench_step.py",
+}
+
+
+def machine(device: str) -> dict:
+    """Where the figures were taken: CPU model and cores, memory, torch, GPU name."""
+    cpu = platform.processor() or platform.machine()
+    with open("/proc/cpuinfo") as info:
+        for line in info:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    out = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(memory_gib, 1),
+        "torch": torch.__version__,
+        "device": device,
+        "load_average": os.getloadavg(),
+    }
+    if device.startswith("cuda"):
+        out["gpu"] = torch.cuda.get_device_name(0)
+    return out
+
+
+def run_benchmark(name: str, size: str, device: str) -> dict:
+    """Run one benchmark script; returns the record stored in benchmarks/results/."""
+    args = list(SIZES[size][name])
+    if name == "gram":
+        args += ["--device", device]
+    with tempfile.TemporaryDirectory() as tmp:
+        json_path = Path(tmp) / "out.json"
+        command = [sys.executable, SCRIPTS[name], *args]
+        shown = " ".join(["python", SCRIPTS[name], *map(shlex.quote, args)])
+        print(f"[run_all] {shown}", flush=True)
+        started = time.perf_counter()
+        env = {**os.environ, "PYTHONPATH": str(ROOT / "benchmarks")}
+        done = subprocess.run(
+            [*command, "--json", str(json_path)], cwd=ROOT, env=env, capture_output=True, text=True
+        )
+        seconds = time.perf_counter() - started
+        if done.returncode != 0:
+            sys.stderr.write(done.stdout[-4000:] + done.stderr[-4000:])
+            raise SystemExit(f"[run_all] {shown} failed with exit code {done.returncode}")
+        print(done.stdout.split("\n}\n")[-1].strip(), flush=True)
+        result = json.loads(json_path.read_text())
+    return {
+        "benchmark": name,
+        "command": shown,
+        "size": size,
+        "date": datetime.date.today().isoformat(),
+        "seconds": round(seconds, 1),
+        "machine": machine(device),
+        "result": result,
+    }
+
+
+def load_records() -> dict[str, list[dict]]:
+    """Every stored record, by benchmark name (CPU first, then other devices)."""
+    records: dict[str, list[dict]] = {}
+    for path in sorted(RESULTS.glob("*.json")):
+        record = json.loads(path.read_text())
+        records.setdefault(record["benchmark"], []).append(record)
+    for rows in records.values():
+        rows.sort(key=lambda r: r["machine"]["device"] != "cpu")
+    return records
+
+
+def where(record: dict) -> str:
+    m = record["machine"]
+    device = f"{m['gpu']} + " if m.get("gpu") else ""
+    return (
+        f"{device}{m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, torch {m['torch']}; "
+        f"{record['date']}, {record['seconds'] / 60:.1f} min, load average before "
+        f"{m['load_average'][0]:.1f}"
+    )
+
+
+def blending_section(record: dict) -> list[str]:
+    builders, change = record["result"]["builders"], record["result"]["weight_change"]
+    lines = [
+        f"`{record['command']}` ({where(record)})",
+        "",
+        f"One segment of {builders['samples']:,} samples over {builders['domains']} domains, "
+        f"megatron-core's `build_blending_indices` against ours, alternating, median of "
+        f"{builders['repeats']}; outputs identical: **{builders['identical']}** "
+        f"(kernel: {builders['kernel']}).",
+        "",
+        "| builder | wall s | thread CPU s | ns/sample |",
+        "|---|---|---|---|",
+    ]
+    for name in ("megatron", "megagrape"):
+        m = builders[name]
+        lines.append(
+            f"| {name} | {m['wall_s']:.3f} | {m['cpu_s']:.3f} | {builders['ns_per_sample'][name]:.1f} |"
+        )
+    lines += [
+        f"| **ratio ours / megatron** | **{builders['ratio_wall']:.2f}** | **{builders['ratio_cpu']:.2f}** | |",
+        "",
+        f"A weight change (MixtureSampler, {change['samples']:,} samples): the full stream builds "
+        f"in {change['full_build_s']:.3f} s; `set_weights` at a fraction f then rebuilds only "
+        "what follows it.",
+        "",
+        "| change at | set_weights ms | + rebuild s | cost / full build | samples after the change |",
+        "|---|---|---|---|---|",
+    ]
+    for row in change["changes"]:
+        lines.append(
+            f"| {row['at_fraction']:.0%} | {row['set_weights_s'] * 1e3:.2f} | "
+            f"{row['set_weights_plus_rebuild_s']:.3f} | {row['cost_vs_full']:.3f} | "
+            f"{row['samples_after_change_fraction']:.2f} |"
+        )
+    return lines
+
+
+def gram_section(record: dict) -> list[str]:
+    rows = record["result"]["results"]
+    if not rows:
+        return []
+    first = rows[0]
+    lines = [
+        f"`{record['command']}` ({where(record)})",
+        "",
+        f"K={first['K']} domain vectors against N={first['N']} target vectors of "
+        f"{first['elements']:,} elements each, in {first['slots']} GPT-parameter-shaped slots "
+        "that are views into one flat buffer per vector (ZeRO's layout). `torch loop` is "
+        "torch.dot per slot per (k, n); bandwidth = bytes of the K + N vectors / time, against "
+        "torch.sum over the same bytes (and, on a GPU, a device-to-device copy).",
+        "",
+        "| variant | kernel s | torch loop s | speedup | GB/s | torch.sum GB/s | fraction of sum | fraction of copy |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        copy = f"{r['fraction_of_copy_bandwidth']:.2f}" if "fraction_of_copy_bandwidth" in r else "-"
+        lines.append(
+            f"| {r['variant']} | {r['kernel_s']:.4f} | {r['reference_s']:.4f} | {r['speedup']:.1f} | "
+            f"{r['kernel_gb_s']:.1f} | {r['sum_gb_s']:.1f} | {r['fraction_of_sum_bandwidth']:.2f} | {copy} |"
+        )
+    return lines
+
+
+def event_section(record: dict) -> list[str]:
+    event = record["result"].get("event")
+    if not event:
+        return []
+    parts = event["event_parts_s"]
+    model = event["model"]
+    return [
+        f"`{record['command']}` ({where(record)})",
+        "",
+        f"{event['method']} with K={event['domains']} domains and N={event['targets']} targets "
+        f"(the quickstart corpus's own, cycled) on the quickstart model ({model['layers']} "
+        f"layers, hidden {model['hidden']}, seq {model['seq_length']}, "
+        f"{model['parameters'] / 1e6:.2f}M parameters, global batch {event['global_batch_size']}), "
+        f"capture mode `{event['capture_mode']}`, an event every {event['interval']} steps; "
+        f"medians over {event['events_timed']} events and {event['plain_steps_timed']} plain steps.",
+        "",
+        "| plain step | event step | event cost | event / plain step | amortised over the interval |",
+        "|---|---|---|---|---|",
+        f"| {event['plain_step_s'] * 1e3:.0f} ms | {event['event_step_s'] * 1e3:.0f} ms | "
+        f"{event['event_extra_s'] * 1e3:.0f} ms | **{event['event_fraction_of_step']:.2f}** | "
+        f"{event['amortized_overhead']:.1%} |",
+        "",
+        f"Of the event: the N target gradients take {parts['target_gradients'] * 1e3:.0f} ms, "
+        f"probe micro-batches for domains absent from the batch {parts['probes'] * 1e3:.0f} ms, "
+        f"and capture + Gram + method update {parts['reweight'] * 1e3:.0f} ms in all (the "
+        "capture total includes the target gradients). The target gradients are a forward and "
+        "backward over N x targets.signal_batch_size items, so relative to a step they cost "
+        "about N x signal_batch_size / global_batch_size: large for this 16-sequence batch, "
+        "small for a real global batch of hundreds of sequences.",
+    ]
+
+
+def step_section(record: dict) -> list[str]:
+    r = record["result"]
+    return [
+        f"`{record['command']}` ({where(record)})",
+        "",
+        f"`Trainer.train_step()` with a static mixture against a bare DeepSpeed loop on the same "
+        f"engine and the same micro-batches ({r['model']['layers']} layers, hidden "
+        f"{r['model']['hidden']}, seq {r['model']['seq_length']}, global batch "
+        f"{r['global_batch_size']} in {r['micro_batches_per_step']} micro-batches, "
+        f"{r['torch_threads']} torch threads); blocks of {r['steps_per_block']} steps alternate "
+        f"{r['repeats']} times, medians of the per-step times.",
+        "",
+        "| megagrape step | bare step | overhead | tokens/s |",
+        "|---|---|---|---|",
+        f"| {r['megagrape_median_s'] * 1e3:.1f} ms | {r['bare_median_s'] * 1e3:.1f} ms | "
+        f"**{r['overhead']:+.1%}** | {r['tokens_per_s']:,.0f} |",
+    ]
+
+
+def device_sections(rows: list[dict], render) -> list[str]:
+    lines: list[str] = []
+    for record in rows:
+        body = render(record)
+        if body:
+            label = record["machine"].get("gpu") or "CPU"
+            lines += [f"**{label}**", "", *body, ""]
+    return lines
+
+
+def mixture_section(mixture_dir: Path) -> list[str]:
+    results = mixture_dir / "results.md"
+    if not results.exists():
+        return [
+            f"No results in {mixture_dir.relative_to(ROOT) if mixture_dir.is_relative_to(ROOT) else mixture_dir}: "
+            "run `python tools/bench_mixture.py` (or this script with --mixture-run) first.",
+        ]
+    FIGURES.mkdir(parents=True, exist_ok=True)
+    figures = []
+    for png in sorted(mixture_dir.glob("*.png")):
+        shutil.copyfile(png, FIGURES / png.name)
+        figures.append(f"![{png.stem}](benchmarks/{png.name})")
+    body = results.read_text().splitlines()
+    # Drop results.md's own title; demote its sections under this page's.
+    body = [("#" + line if line.startswith("## ") else line) for line in body[1:]]
+    return [
+        "`python tools/bench_mixture.py` (the reasoning preset at the cpu scale; settings and "
+        "machine below)",
+        *body,
+        "",
+        *figures,
+    ]
+
+
+GPU_TODO = [
+    "No GPU figures yet: no GPU was available to the runs above. On a GPU machine run",
+    "",
+    "    python benchmarks/run_all.py --device cuda --only gram",
+    "    python tools/bench_mixture.py --scale gpu --out runs/bench_mixture_gpu",
+    "",
+    "and copy benchmarks/results/*-cuda.json back; this page then shows them beside the CPU rows.",
+]
+
+
+def render_page(records: dict[str, list[dict]], mixture_dir: Path) -> str:
+    has_gpu = any(r["machine"].get("gpu") for rows in records.values() for r in rows)
+    lines = [
+        "# Benchmarks",
+        "",
+        "Generated by `python benchmarks/run_all.py` from benchmarks/results/*.json and the "
+        "mixture benchmark's results; do not edit by hand. Ratios are measured side by side in "
+        "one run (ours against the reference, alternating), and times are medians of repeats.",
+        "",
+    ]
+    if not has_gpu:
+        lines += [*GPU_TODO, ""]
+    sections = [
+        ("Blending builder", "blending", blending_section),
+        ("Sharded Gram kernel", "gram", gram_section),
+        ("Reweighting overhead", "gram", event_section),
+        ("Step overhead", "step", step_section),
+    ]
+    for title, name, render in sections:
+        lines += [f"## {title}", ""]
+        rows = records.get(name, [])
+        lines += device_sections(rows, render) if rows else ["Not measured yet.", ""]
+    lines += ["## Mixture quality", "", *mixture_section(mixture_dir), ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="small sizes")
+    parser.add_argument("--only", default="blending,gram,step", help="benchmarks to run")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (the Gram kernel's device)")
+    parser.add_argument("--report-only", action="store_true", help="only re-render the page")
+    parser.add_argument("--mixture-dir", default="runs/bench_mixture")
+    parser.add_argument("--mixture-run", action="store_true", help="also run tools/bench_mixture.py")
+    args = parser.parse_args()
+    names = [n for n in args.only.split(",") if n]
+    unknown = sorted(set(names) - set(SCRIPTS))
+    if unknown:
+        parser.error(f"--only: unknown {unknown}; choose from {sorted(SCRIPTS)}")
+    mixture_dir = (ROOT / args.mixture_dir).resolve()
+    if not args.report_only:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        suffix = "" if args.device == "cpu" else f"-{args.device.split(':')[0]}"
+        for name in names:
+            record = run_benchmark(name, "quick" if args.quick else "full", args.device)
+            (RESULTS / f"{name}{suffix}.json").write_text(json.dumps(record, indent=1) + "\n")
+        if args.mixture_run:
+            subprocess.run(
+                [sys.executable, "tools/bench_mixture.py", "--out", str(mixture_dir)],
+                cwd=ROOT,
+                check=True,
+            )
+    PAGE.write_text(render_page(load_records(), mixture_dir))
+    print(f"[run_all] wrote {PAGE.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
