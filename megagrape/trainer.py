@@ -409,16 +409,24 @@ class Trainer:
         return record
 
     def _accumulate(
-        self, stats: torch.Tensor, micro, per_sample: torch.Tensor, excess: torch.Tensor | None
+        self,
+        stats: torch.Tensor,
+        micros: list,
+        per_sample: list[torch.Tensor],
+        excess: list[torch.Tensor] | None,
     ) -> None:
+        """Add the step's per-sample losses [b_i] (device tensors, one per micro-batch) into
+        the per-domain sums. One device-to-host copy per step, after the last backward, so a
+        GPU is never made to wait between micro-batches."""
         k = len(self.domain_names)
-        real = torch.from_numpy(micro.loss_weights > 0)
-        ids = torch.from_numpy(micro.domain_ids)[real]
-        values = per_sample.detach().double().cpu()[real]
+        real = torch.from_numpy(np.concatenate([m.loss_weights > 0 for m in micros]))
+        ids = torch.from_numpy(np.concatenate([m.domain_ids for m in micros]).astype(np.int64))[real]
+        values = torch.cat([v.detach().double() for v in per_sample]).cpu()[real]
         stats[:k].index_add_(0, ids, values)
         stats[k : 2 * k].index_add_(0, ids, torch.ones(len(ids), dtype=torch.float64))
         if excess is not None:
-            stats[2 * k : 3 * k].index_add_(0, ids, excess.double().cpu()[real])
+            excess_values = torch.cat([e.double() for e in excess]).cpu()[real]
+            stats[2 * k : 3 * k].index_add_(0, ids, excess_values)
         stats[-1] += values.sum()
 
     def _engine_microbatches(self, plan, stats: torch.Tensor, capture) -> None:
@@ -426,6 +434,8 @@ class Trainer:
         env = self.env
         domain_weights = self._loss_weights()
         local_size = self.cfg.train.global_batch_size // env.dp_size
+        per_samples: list[torch.Tensor] = []
+        excesses: list[torch.Tensor] | None = [] if self.reference is not None else None
         for micro in plan:
             tensors = collate(self.datasets, micro, env.device)
             per_token = token_losses(self.engine, tensors)
@@ -438,10 +448,10 @@ class Trainer:
             self.engine.backward(loss, scale_wrt_gas=False)
             if capture is not None:
                 capture.after_microbatch(micro)
-            excess = None
-            if self.reference is not None:
-                excess = self.reference.excess_losses(tensors, per_token.detach())
-            self._accumulate(stats, micro, per_sample, excess)
+            per_samples.append(per_sample)
+            if excesses is not None:
+                excesses.append(self.reference.excess_losses(tensors, per_token.detach()))
+        self._accumulate(stats, plan, per_samples, excesses)
 
     def _pipeline_step(self, plan, stats: torch.Tensor) -> None:
         """One DeepSpeed pipeline ``train_batch`` (forward, backward and optimizer step)."""
@@ -451,10 +461,11 @@ class Trainer:
         self.engine.train_batch(data_iter=iter([pipeline_batch(b) for b in batches]))
         recorded = loss_fn.take_token_losses()
         loss_fn.record_token_losses = False
-        for micro, tensors, per_token in zip(plan, batches, recorded):
-            mask = tensors["loss_mask"]
-            per_sample = (per_token.float() * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
-            self._accumulate(stats, micro, per_sample, None)
+        per_samples = [
+            (per_token.float() * b["loss_mask"]).sum(dim=1) / b["loss_mask"].sum(dim=1).clamp(min=1)
+            for b, per_token in zip(batches, recorded)
+        ]
+        self._accumulate(stats, plan, per_samples, None)
 
     # ----------------------------------------------------------------------------- events
     def _reweight(self, observed) -> None:

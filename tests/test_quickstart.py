@@ -83,11 +83,16 @@ def launch(config: Path, out: Path, *overrides: str) -> subprocess.CompletedProc
 
 
 def test_every_method_config_trains_20_steps(quickstart_data, tmp_path):
+    # DoReMi's reference model: a uniform run under its own name (the uniform config's own run
+    # below must start from scratch, not resume from this one).
     reference = launch(
-        REPO / "configs" / "quickstart" / "uniform.yaml", tmp_path, "checkpoint.interval=20"
+        REPO / "configs" / "quickstart" / "uniform.yaml",
+        tmp_path,
+        "checkpoint.interval=20",
+        "name=doremi_reference",
     )
     assert reference.returncode == 0, reference.stderr[-3000:]
-    checkpoint = tmp_path / "quickstart_uniform" / "checkpoints" / "step_000020"
+    checkpoint = tmp_path / "doremi_reference" / "checkpoints" / "step_000020"
     for config in [REPO / "configs" / "quickstart.yaml", *METHOD_CONFIGS]:
         result = launch(config, tmp_path, f"mixture.reference_checkpoint={checkpoint}")
         assert result.returncode == 0, f"{config.name}:\n{result.stderr[-3000:]}"
