@@ -268,9 +268,9 @@ def mixture_section(mixture_dir: Path) -> list[str]:
     for png in sorted(mixture_dir.glob("*.png")):
         shutil.copyfile(png, FIGURES / png.name)
         figures.append(f"![{png.stem}](benchmarks/{png.name})")
-    body = results.read_text().splitlines()
+    text = results.read_text().split("\n## Figures")[0]  # its figures are linked below instead
     # Drop results.md's own title; demote its sections under this page's.
-    body = [("#" + line if line.startswith("## ") else line) for line in body[1:]]
+    body = [("#" + line if line.startswith("## ") else line) for line in text.splitlines()[1:]]
     return [
         "`python tools/bench_mixture.py` (the reasoning preset at the cpu scale; settings and "
         "machine below)",

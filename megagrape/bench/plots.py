@@ -131,7 +131,8 @@ def plot_final_alpha(
     for index, method in enumerate(methods):
         values = np.array([[run[d] for d in domains] for run in alphas[method]])
         mean = values.mean(axis=0)
-        errors = np.stack([mean - values.min(axis=0), values.max(axis=0) - mean])
+        # clipped: with identical runs, float rounding of the mean can leave -1e-17
+        errors = np.clip(np.stack([mean - values.min(axis=0), values.max(axis=0) - mean]), 0, None)
         ax.bar(
             x + (index - (len(methods) - 1) / 2) * width,
             mean,
