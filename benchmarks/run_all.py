@@ -271,9 +271,13 @@ def mixture_section(mixture_dir: Path) -> list[str]:
     text = results.read_text().split("\n## Figures")[0]  # its figures are linked below instead
     # Drop results.md's own title; demote its sections under this page's.
     body = [("#" + line if line.startswith("## ") else line) for line in text.splitlines()[1:]]
+    runs = json.loads((mixture_dir / "results.json").read_text())["runs"]
+    run_minutes = sum(r["seconds"] for r in runs) / 60
     return [
         "`python tools/bench_mixture.py` (the reasoning preset at the cpu scale; settings and "
-        "machine below)",
+        f"machine below). The {len(runs)} runs took {run_minutes:.0f} run-minutes in all "
+        "(minutes/run in the table below; runs go 2 at a time at this scale, and the times "
+        "include any other load on the machine while they ran).",
         *body,
         "",
         *figures,
