@@ -17,10 +17,7 @@ Prints one JSON object, then a short table.
 from __future__ import annotations
 
 import argparse
-import glob
-import importlib.util
 import json
-import os
 import statistics
 import time
 
@@ -28,22 +25,8 @@ import numpy as np
 import torch  # noqa: F401  (megagrape._C links against libtorch)
 
 from megagrape import _C
+from megagrape.data.megatron_blending import megatron_helpers
 from megagrape.data.sampler import MixtureSampler
-
-
-def load_megatron_helpers():
-    """megatron.core.datasets.helpers_cpp, loaded without importing all of megatron.core."""
-    spec = importlib.util.find_spec("megatron")
-    for location in spec.submodule_search_locations or []:
-        paths = glob.glob(os.path.join(location, "core", "datasets", "helpers_cpp*.so"))
-        if paths:
-            module_spec = importlib.util.spec_from_file_location("helpers_cpp", paths[0])
-            module = importlib.util.module_from_spec(module_spec)
-            module_spec.loader.exec_module(module)
-            return module
-    from megatron.core.datasets import helpers_cpp
-
-    return helpers_cpp
 
 
 def timed(fn) -> tuple[float, float]:
@@ -54,7 +37,7 @@ def timed(fn) -> tuple[float, float]:
 
 
 def bench_builders(samples: int, domains: int, repeats: int, seed: int) -> dict:
-    megatron = load_megatron_helpers()
+    megatron = megatron_helpers()
     rng = np.random.default_rng(seed)
     weights = rng.random(domains)
     weights /= weights.sum()

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import glob
-import importlib.util
 import itertools
-import os
 import threading
 import time
 
@@ -14,26 +11,14 @@ import pytest
 import torch  # noqa: F401  (megagrape._C links against libtorch)
 
 from megagrape import _C
+from megagrape.data.megatron_blending import megatron_helpers
 
 KERNELS = ["auto", "scalar"] + (["avx"] if _C.blending_kernel() == "avx" else [])
 
 
-def _megatron_helpers():
-    """megatron.core.datasets.helpers_cpp, loaded without importing all of megatron.core."""
-    spec = importlib.util.find_spec("megatron")
-    for location in spec.submodule_search_locations or []:
-        paths = glob.glob(os.path.join(location, "core", "datasets", "helpers_cpp*.so"))
-        if paths:
-            module_spec = importlib.util.spec_from_file_location("helpers_cpp", paths[0])
-            module = importlib.util.module_from_spec(module_spec)
-            module_spec.loader.exec_module(module)
-            return module
-    from megatron.core.datasets import helpers_cpp
-
-    return helpers_cpp
 
 
-MEGATRON = _megatron_helpers()
+MEGATRON = megatron_helpers()
 
 
 def megatron_blend(weights: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
