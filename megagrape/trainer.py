@@ -461,6 +461,8 @@ class Trainer:
         self.engine.train_batch(data_iter=iter([pipeline_batch(b) for b in batches]))
         recorded = loss_fn.take_token_losses()
         loss_fn.record_token_losses = False
+        if not recorded:  # only the last stage computes the loss
+            return
         per_samples = [
             (per_token.float() * b["loss_mask"]).sum(dim=1) / b["loss_mask"].sum(dim=1).clamp(min=1)
             for b, per_token in zip(batches, recorded)
