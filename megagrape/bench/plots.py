@@ -72,13 +72,7 @@ def plot_target_losses(
     for panel in range(len(targets), rows * columns):
         axes[panel // columns][panel % columns].axis("off")
     axes[0][0].legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, title)
 
 
 def plot_summary_losses(
@@ -109,13 +103,7 @@ def plot_summary_losses(
         ax.set_ylabel("gold-continuation loss (nats/token)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, title)
 
 
 def plot_final_alpha(
@@ -150,6 +138,15 @@ def plot_final_alpha(
     ax.grid(axis="y", alpha=0.3)
     if title:
         ax.set_title(title)
+    return _save(fig, path, "")
+
+
+def _save(fig, path: Path, title: str) -> Path:
+    """Title, lay out, write ``path`` (parents created) at 110 dpi, free the figure."""
+    import matplotlib.pyplot as plt
+
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
