@@ -73,17 +73,17 @@ def main() -> None:
             *args.overrides,
         ],
     )
-    cfg, env, engine = trainer.cfg, trainer.env, trainer.engine
+    cfg, env, engine = trainer.cfg, trainer.env, trainer.module.engine
 
     # The bare loop gets real micro-batches of the same shape, collated once up front.
     plan = plan_microbatches(
-        trainer.sampler.next_global_batch(),
+        trainer.mixture.sampler.next_global_batch(),
         env.dp_rank,
         env.dp_size,
         cfg.train.micro_batch_size,
         "fixed",
     )
-    micro_batches = [collate(trainer.datasets, micro, env.device) for micro in plan]
+    micro_batches = [collate(trainer.data.datasets, micro, env.device) for micro in plan]
 
     def ours() -> None:
         trainer.train_step()

@@ -17,7 +17,7 @@ from pathlib import Path
 from megagrape import parallel
 from megagrape.config import RunConfig, load_config
 from megagrape.ds_config import read_ds_config, resolve_ds_config
-from megagrape.trainer import Trainer
+from megagrape.train import Trainer, build_trainer
 
 QUIET_RUN = [
     "logging.tensorboard=false",
@@ -40,7 +40,7 @@ def start_trainer(config: str, ds_config: str, overrides: list[str], edit=None) 
     cfg.validate(world_size=1)
     env = parallel.init_distributed(cfg.parallel, cfg.seed)
     ds = resolve_ds_config(read_ds_config(ds_config), cfg, env.world_size, env.device, pipeline=False)
-    return Trainer(cfg, ds, env)
+    return build_trainer(cfg, ds, env)
 
 
 def replicate_corpus(cfg: RunConfig, domains: int, targets: int, workdir: Path) -> None:
@@ -103,7 +103,7 @@ def measure_event_cost(
         try:
             plain, event = [], []
             for _ in range(steps):
-                is_event = trainer._is_event(trainer.step)
+                is_event = trainer.mixture.is_event(trainer.step)
                 started = time.perf_counter()
                 trainer.train_step()
                 seconds = time.perf_counter() - started
@@ -112,9 +112,9 @@ def measure_event_cost(
                 (event if is_event else plain).append(seconds)
             cfg = trainer.cfg
             result = {
-                "method": trainer.method.name,
-                "domains": len(trainer.domain_names),
-                "targets": len(trainer.task_names),
+                "method": trainer.mixture.method.name,
+                "domains": len(trainer.data.domains),
+                "targets": len(trainer.data.tasks),
                 "interval": interval,
                 "events_timed": len(event),
                 "plain_steps_timed": len(plain),
@@ -125,7 +125,7 @@ def measure_event_cost(
                     "parameters": cfg.model.num_parameters(trainer.env.tp_size),
                 },
                 "global_batch_size": cfg.train.global_batch_size,
-                "capture_mode": getattr(trainer.capture, "mode", None),
+                "capture_mode": getattr(trainer.mixture.capture, "mode", None),
                 "plain_step_s": statistics.median(plain),
                 "event_step_s": statistics.median(event),
                 "event_extra_s": statistics.median(event) - statistics.median(plain),

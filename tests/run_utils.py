@@ -38,7 +38,7 @@ def tiny_config(corpus: Path, out: Path, name: str, *overrides: str) -> RunConfi
 def train_in_process(cfg: RunConfig, ds_path: str, env):
     """Build a Trainer in an already initialised process group, train, return (trainer, summary)."""
     from megagrape.ds_config import read_ds_config, resolve_ds_config
-    from megagrape.trainer import Trainer
+    from megagrape.train import build_trainer
 
     ds = resolve_ds_config(
         read_ds_config(ds_path),
@@ -47,6 +47,6 @@ def train_in_process(cfg: RunConfig, ds_path: str, env):
         env.device,
         pipeline=cfg.parallel.pipeline_parallel > 1,
     )
-    trainer = Trainer(cfg, ds, env)
+    trainer = build_trainer(cfg, ds, env)
     summary = trainer.train()
     return trainer, summary

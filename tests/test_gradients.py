@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from megagrape.errors import ConfigError
-from megagrape.gradients import capture_mode
+from megagrape.train.capture import capture_mode
 from tests.dist_utils import run_distributed
 from tests.run_utils import tiny_config
 
@@ -19,28 +19,38 @@ GRAPE = ("mixture.method=grape", "mixture.interval=1", "train.train_iters=1")
 def _trainer(corpus, out, name, ds_path, overrides):
     from megagrape import parallel
     from megagrape.ds_config import read_ds_config, resolve_ds_config
-    from megagrape.trainer import Trainer
+    from megagrape.train import build_trainer
 
     cfg = tiny_config(corpus, out, name, *overrides)
     env = parallel.init_distributed(cfg.parallel, cfg.seed)
     ds = resolve_ds_config(read_ds_config(ds_path), cfg, env.world_size, env.device, pipeline=False)
-    return Trainer(cfg, ds, env), env
+    return build_trainer(cfg, ds, env), env
 
 
 def _sharded_capture(rank, world_size, corpus, out, ds_path, overrides):
     from megagrape import parallel
-    from megagrape.gradients import GradientCapture
+    from megagrape.train.capture import CaptureSettings, GradientCapture
 
-    trainer, _env = _trainer(corpus, out, f"cap{rank}", ds_path, (*GRAPE, *overrides))
-    trainer.capture = GradientCapture(trainer, needs=ALL_NEEDS)
+    trainer, env = _trainer(corpus, out, f"cap{rank}", ds_path, (*GRAPE, *overrides))
+    mixture = trainer.mixture
+    mixture.capture = GradientCapture(
+        needs=ALL_NEEDS,
+        mode=mixture.capture.mode,
+        engine_module=trainer.module.engine.module,
+        model_cfg=trainer.cfg.model,
+        env=env,
+        tasks=trainer.data.tasks,
+        datasets=trainer.data.datasets,
+        settings=CaptureSettings.from_config(trainer.cfg),
+    )
     trainer.train_step()
-    obs = trainer.last_observation
+    obs = mixture.last_observation
     parallel.destroy_distributed()
     return {
         "G": obs.domain_target_gram.numpy(),
         "D": obs.domain_gram.numpy(),
         "losses": obs.target_losses.numpy(),
-        "mode": trainer.capture.mode,
+        "mode": mixture.capture.mode,
     }
 
 
@@ -61,9 +71,9 @@ def _reference(rank, world_size, corpus, out):
         grads = torch.autograd.grad((per_item * weights).sum(), params)
         return torch.cat([g.reshape(-1) for g in grads]).double(), float((per_item * weights).sum())
 
-    batch = trainer.sampler.peek(0, trainer.cfg.train.global_batch_size)
+    batch = trainer.mixture.sampler.peek(0, trainer.cfg.train.global_batch_size)
     domain_ids, sample_ids = batch
-    k = len(trainer.domain_names)
+    k = len(trainer.data.domains)
     assert sorted(set(domain_ids.tolist())) == list(range(k)), (
         "every domain must be in the first batch"
     )
@@ -71,10 +81,10 @@ def _reference(rank, world_size, corpus, out):
     for d in range(k):
         ids = sample_ids[domain_ids == d].astype(np.int64)
         micro = MicroBatch(np.full(len(ids), d), ids, np.ones(len(ids)), d)
-        tensors = collate(trainer.datasets, micro, env.device)
+        tensors = collate(trainer.data.datasets, micro, env.device)
         g.append(flat_grad(tensors, torch.full((len(ids),), 1.0 / len(ids)))[0])
     h, losses = [], []
-    for task in trainer.tasks:
+    for task in trainer.data.tasks:
         indices = task.signal_indices(0, trainer.cfg.targets.signal_batch_size, trainer.cfg.seed)
         tensors = task.signal_batch(indices, trainer.cfg.model.seq_length)
         grad, loss = flat_grad(tensors, torch.full((len(indices),), 1.0 / len(indices)))
@@ -129,13 +139,13 @@ def _params_after_one_step(rank, world_size, corpus, out, interval, schedule):
         ),
     )
     trainer.train_step()
-    captured = trainer.last_observation is not None
-    flat = torch.cat([p.detach().reshape(-1) for p in trainer.engine.module.parameters()]).clone()
+    captured = trainer.mixture.last_observation is not None
+    flat = torch.cat([p.detach().reshape(-1) for p in trainer.module.engine.module.parameters()]).clone()
     parallel.destroy_distributed()
     return {
         "params": flat.numpy(),
         "captured": captured,
-        "schedules": (trainer.schedule, trainer.event_schedule),
+        "schedules": (trainer.mixture.schedule, trainer.mixture.event_schedule),
     }
 
 

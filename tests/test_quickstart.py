@@ -126,8 +126,8 @@ def _grape_40(rank, world_size, out, name, overrides):
     parallel.destroy_distributed()
     return {
         "step": summary["step"],
-        "alpha": trainer.method.domain_weights.tolist(),
-        "z": trainer.method.task_weights.tolist(),
+        "alpha": trainer.mixture.method.domain_weights.tolist(),
+        "z": trainer.mixture.method.task_weights.tolist(),
     }
 
 

@@ -51,13 +51,14 @@ def test_zero_stages_with_two_data_parallel_ranks(test_corpus, tmp_path):
 
 def _parallel_run(rank, world_size, corpus, out, overrides):
     from megagrape import parallel
+    from megagrape.train.callbacks.evaluation import evaluate_targets
 
     cfg = tiny_config(corpus, out, "par", *overrides)
     env = parallel.init_distributed(cfg.parallel, cfg.seed)
     trainer, summary = train_in_process(cfg, "configs/ds/zero1.json", env)
-    alpha = trainer.method.domain_weights.tolist()
+    alpha = trainer.mixture.method.domain_weights.tolist()
     trainer.cfg.targets.eval_mode = "loss"
-    gold_only = trainer.evaluate(final=False)
+    gold_only = evaluate_targets(trainer, final=False)
     parallel.destroy_distributed()
     return {
         "loss": summary["history"]["loss"],
@@ -108,7 +109,7 @@ def _grape_run(rank, world_size, corpus, out, name, overrides):
     return {
         "loss": summary["history"]["loss"],
         "step": summary["step"],
-        "alpha": trainer.method.domain_weights.tolist(),
+        "alpha": trainer.mixture.method.domain_weights.tolist(),
     }
 
 
@@ -150,7 +151,7 @@ def _static_run(rank, world_size, corpus, out, name, overrides):
     cfg = tiny_config(corpus, out, name, "checkpoint.interval=6", *overrides)
     env = parallel.init_distributed(cfg.parallel, cfg.seed)
     trainer, summary = train_in_process(cfg, "configs/ds/zero0.json", env)
-    state = trainer.sampler.state_dict()
+    state = trainer.mixture.sampler.state_dict()
     parallel.destroy_distributed()
     return {"loss": summary["history"]["loss"], "step": summary["step"], "sampler": state}
 

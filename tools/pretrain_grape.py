@@ -52,27 +52,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"megagrape: configuration error: {err}", file=sys.stderr)
         return 2
 
-    from megagrape import parallel
-    from megagrape.ds_config import resolve_ds_config
-    from megagrape.trainer import Trainer
+    from megagrape.train import run_training
 
-    env = parallel.init_distributed(cfg.parallel, cfg.seed)
     try:
-        ds_config = resolve_ds_config(
-            ds_raw,
-            cfg,
-            env.world_size,
-            env.device,
-            pipeline=cfg.parallel.pipeline_parallel > 1,
-            source=args.ds_config,
-        )
-        trainer = Trainer(cfg, ds_config, env)
-        trainer.train()
+        run_training(cfg, ds_raw, ds_source=args.ds_config)
     except (ConfigError, DataError) as err:
-        print(f"megagrape: rank {env.rank}: {err}", file=sys.stderr)
+        rank = os.environ.get("RANK", "0")
+        print(f"megagrape: rank {rank}: {err}", file=sys.stderr)
         return 2
-    finally:
-        parallel.destroy_distributed()
     return 0
 
 

@@ -1,7 +1,7 @@
 """Benchmark runs: one engine run per (method, seed), executed by worker processes, resumable.
 
 A ``RunJob`` is everything one run needs (run-config overrides, DeepSpeed config, where its
-result and log go). ``execute_job`` trains it with ``megagrape.trainer.run_training`` in the
+result and log go). ``execute_job`` trains it with ``megagrape.train.run_training`` in the
 calling process and writes a result file (curves, final scores, mixture events, timings);
 ``run_jobs`` hands jobs to ``workers`` spawned processes, each of which keeps its process
 (imports, DeepSpeed's compiled ops) across runs, and skips jobs whose result file already
@@ -188,7 +188,7 @@ def _single_process_env() -> None:
 def execute_job(job: RunJob, redirect: bool = True) -> dict:
     """Train ``job`` in this process (from scratch), write and return its result."""
     from megagrape.ds_config import read_ds_config
-    from megagrape.trainer import run_training
+    from megagrape.train import run_training
 
     cfg = job.config()
     fingerprint = job.fingerprint()

@@ -100,6 +100,11 @@ class MixtureMethod(ABC):
     """
 
     name: ClassVar[str]
+    reweights: ClassVar[bool] = True
+    """False for fixed mixtures: the engine then runs no reweighting events."""
+    takes_initial_weights: ClassVar[bool] = True
+    """False when the weights come from the method's own options (mixture.initial must stay
+    uniform and is not passed)."""
     state_fields: ClassVar[tuple[str, ...]] = ("domain_weights", "task_weights")
 
     def __init__(self, context: MixtureContext) -> None:

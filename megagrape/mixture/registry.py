@@ -38,6 +38,11 @@ METHODS_NEEDING_TARGETS = frozenset({"grape", "doge"})
 WEIGHT_TOLERANCE = 1e-6
 
 
+def method_class(name: str) -> type[MixtureMethod]:
+    """The MixtureMethod subclass registered as ``name`` (ConfigError with a hint if unknown)."""
+    return _METHODS[_known(name)][1]
+
+
 def options_class(name: str) -> type:
     """The frozen options dataclass of method ``name`` (for docs and config tooling)."""
     return _METHODS[_known(name)][0]

@@ -164,6 +164,8 @@ class Static(MixtureMethod):
     """A mixture that never changes; ``update`` reports it back unchanged."""
 
     name = "static"
+    reweights = False
+    takes_initial_weights = False
     state_fields = ("domain_weights",)
 
     def __init__(self, options: StaticOptions, context: MixtureContext) -> None:

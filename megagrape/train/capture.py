@@ -1,6 +1,6 @@
 """Per-domain and per-target gradient information and the sharded gradient Gram matrices.
 
-At a reweighting event the trainer needs, on a model split over DP x TP ranks (and under ZeRO),
+At a reweighting event the mixture controller needs, on a model split over DP x TP ranks (and under ZeRO),
 
     G[k, n] = <g_k, grad l_n>    (domain_target_gram, K x N)
     D[i, j] = <g_i, g_j>         (domain_gram, K x K)
@@ -43,13 +43,12 @@ import torch
 import torch.distributed as dist
 
 from megagrape import parallel
+from megagrape.data.sampler import GlobalBatch
 from megagrape.errors import ConfigError
 from megagrape.gram import gram_matrix
 from megagrape.microbatches import MicroBatch, collate
-from megagrape.model import build_model, token_losses
+from megagrape.model import ModelConfig, build_model, token_losses
 from megagrape.model.params import counts_once
-
-GRADIENT_NEEDS = frozenset({"domain_target_gram", "domain_gram"})
 
 
 @dataclass
@@ -63,6 +62,32 @@ class CapturedGradients:
     seconds: float  # wall time of the whole capture, begin_step to end_step
     target_seconds: float  # of which: the N target gradients
     probe_seconds: float  # of which: probe micro-batches for the probed domains
+
+
+@dataclass(frozen=True)
+class CaptureSettings:
+    """The run facts the capture reads (from the run config; see ``from_config``)."""
+
+    signal_batch_size: int  # items per target per event, over all DP ranks
+    seed: int  # run seed: which signal items an event draws
+    probe_samples: int  # samples per probe of a domain absent from the step's batch
+    global_batch_size: int  # sequences per optimizer step over all DP ranks
+    store_dtype: torch.dtype  # storage of the N target gradients
+    store_on_cpu: bool  # keep the target gradients in host memory
+
+    @classmethod
+    def from_config(cls, cfg) -> CaptureSettings:
+        """From a RunConfig: targets.signal_batch_size, mixture.capture_*, probe_samples, seed."""
+        return cls(
+            signal_batch_size=cfg.targets.signal_batch_size,
+            seed=cfg.seed,
+            probe_samples=cfg.mixture.probe_samples,
+            global_batch_size=cfg.train.global_batch_size,
+            store_dtype={"float32": torch.float32, "bfloat16": torch.bfloat16}[
+                cfg.mixture.capture_dtype
+            ],
+            store_on_cpu=cfg.mixture.capture_device == "cpu",
+        )
 
 
 def capture_mode(zero_stage: int, pipeline_parallel: int, method: str) -> str:
@@ -81,10 +106,10 @@ def capture_mode(zero_stage: int, pipeline_parallel: int, method: str) -> str:
     return "probe" if zero_stage == 2 else "linear"
 
 
-def _aliased_shadow(trainer) -> torch.nn.Module:
+def _aliased_shadow(model_cfg: ModelConfig, env, engine_module: torch.nn.Module) -> torch.nn.Module:
     """A GPTModel sharing the engine's parameter storage, outside DeepSpeed's hooks, in eval mode."""
-    shadow = build_model(trainer.cfg.model, trainer.env)
-    engine_params = dict(trainer.engine.module.named_parameters())
+    shadow = build_model(model_cfg, env)
+    engine_params = dict(engine_module.named_parameters())
     for name, param in shadow.named_parameters():
         source = engine_params.get(name)
         if source is None or source.shape != param.shape:
@@ -95,31 +120,42 @@ def _aliased_shadow(trainer) -> torch.nn.Module:
 
 
 class GradientCapture:
-    """Collective object: every rank calls begin_step / after_microbatch / end_step together."""
+    """Collective object: every rank calls begin_step / after_microbatch / end_step together.
 
-    def __init__(self, trainer, needs: frozenset[str]) -> None:
-        cfg = trainer.cfg
-        self.trainer = trainer
-        self.env = trainer.env
+    Dependencies are explicit: the engine's (unwrapped) module whose ``.grad`` the linear mode
+    reads, the model config to build the aliased shadow, the target tasks [N] and the
+    per-domain datasets [K] the probes read, and the settings above.
+    """
+
+    def __init__(
+        self,
+        needs: frozenset[str],
+        mode: str,
+        engine_module: torch.nn.Module,
+        model_cfg: ModelConfig,
+        env,
+        tasks: list,
+        datasets: list,
+        settings: CaptureSettings,
+    ) -> None:
+        if mode not in ("linear", "probe"):
+            raise ValueError(f"capture mode {mode!r} is not 'linear' or 'probe'")
+        self.env = env
         self.needs = needs
-        self.mode = capture_mode(
-            trainer.zero_stage, cfg.parallel.pipeline_parallel, cfg.mixture.method
-        )
+        self.mode = mode
+        self.tasks = tasks
+        self.datasets = datasets
+        self.settings = settings
+        self.num_domains = len(datasets)
+        self.seq_length = model_cfg.seq_length
         self.want_targets = "domain_target_gram" in needs or "target_losses" in needs
         self.want_domain_gram = "domain_gram" in needs
-        if self.want_targets and not trainer.tasks:
-            raise ConfigError(
-                f"mixture.method={cfg.mixture.method} optimises for target tasks but none were loaded; "
-                "set targets.dir (or data.corpus with a targets/ directory)"
-            )
-        self.store_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[
-            cfg.mixture.capture_dtype
-        ]
-        self.store_device = (
-            torch.device("cpu") if cfg.mixture.capture_device == "cpu" else self.env.device
-        )
-        self.shadow = _aliased_shadow(trainer)
-        self.engine_params = [p for p in trainer.engine.module.parameters() if p.requires_grad]
+        if self.want_targets and not tasks:
+            raise ValueError("gradient capture of target products needs at least one target task")
+        self.store_dtype = settings.store_dtype
+        self.store_device = torch.device("cpu") if settings.store_on_cpu else env.device
+        self.shadow = _aliased_shadow(model_cfg, env, engine_module)
+        self.engine_params = [p for p in engine_module.parameters() if p.requires_grad]
         self.shadow_params = [p for p in self.shadow.parameters() if p.requires_grad]
         self.counted = [counts_once(p, self.env.tp_rank) for p in self.engine_params]
         self.dp_group = parallel.dp_group()
@@ -137,15 +173,16 @@ class GradientCapture:
         self.rounds_seen: set[int] = set()
         self.started = 0.0
         self.target_seconds = 0.0
+        self.active = False  # between begin_step and end_step of an event step
 
     def begin_step(self, step: int) -> None:
         self._reset()
+        self.active = True
         self.started = time.perf_counter()
-        k = len(self.trainer.domain_names)
         if self.want_targets:
             self._compute_target_gradients(step)
             self.target_seconds = time.perf_counter() - self.started
-            self.products = torch.zeros(k, len(self.trainer.tasks), dtype=torch.float64)
+            self.products = torch.zeros(self.num_domains, len(self.tasks), dtype=torch.float64)
 
     def after_microbatch(self, micro: MicroBatch) -> None:
         """Read this round's contribution (linear mode) right after its backward."""
@@ -167,13 +204,19 @@ class GradientCapture:
                 acc += now_g if previous is None else now_g - previous[index]
             self.prev_grads = [g.clone() for g in grads]
 
-    def end_step(self) -> CapturedGradients:
-        trainer, env = self.trainer, self.env
-        batch = trainer.current_batch
-        k = len(trainer.domain_names)
+    def end_step(
+        self, batch: GlobalBatch, loss_scale: np.ndarray, next_unconsumed: np.ndarray
+    ) -> CapturedGradients:
+        """Finish the event after the step's last backward (before the optimizer step).
+
+        batch: the step's global batch; loss_scale: float64 [K] factor on each domain's
+        per-sample loss in this step (alpha/s under apply: loss, else 1); next_unconsumed:
+        int [K] first unconsumed sample of each domain (where probes of absent domains read).
+        """
+        env = self.env
+        k = self.num_domains
         counts = np.bincount(batch.domain_ids.astype(np.int64), minlength=k)
-        local_size = trainer.cfg.train.global_batch_size // env.dp_size
-        loss_scale = trainer.domain_loss_scale()  # [K] extra loss weight per domain (apply: loss)
+        local_size = self.settings.global_batch_size // env.dp_size
         usable = [d for d in range(k) if counts[d] > 0 and loss_scale[d] > 0]
         from_training = [d for d in usable if self.mode == "linear" and d in self.rounds_seen]
         probe_domains = [d for d in range(k) if d not in from_training]
@@ -194,7 +237,7 @@ class GradientCapture:
                     domain_vectors[d] = [v * scale[d] for v in flat]
         probes_started = time.perf_counter()
         for d in probe_domains:
-            grads = self._probe_domain(d, counts[d] > 0)
+            grads = self._probe_domain(batch, d, int(next_unconsumed[d]))
             if self.want_targets:
                 gram_rows[d] = self._target_products(grads)
             if self.want_domain_gram:
@@ -260,16 +303,15 @@ class GradientCapture:
         return out, objective.detach().double()
 
     def _compute_target_gradients(self, step: int) -> None:
-        trainer, env = self.trainer, self.env
-        batch_size = trainer.cfg.targets.signal_batch_size
-        losses = torch.zeros(len(trainer.tasks), dtype=torch.float64, device=env.device)
-        for n, task in enumerate(trainer.tasks):
-            indices = task.signal_indices(step, batch_size, trainer.cfg.seed)
+        env, settings = self.env, self.settings
+        losses = torch.zeros(len(self.tasks), dtype=torch.float64, device=env.device)
+        for n, task in enumerate(self.tasks):
+            indices = task.signal_indices(step, settings.signal_batch_size, settings.seed)
             mine = np.array_split(indices, env.dp_size)[env.dp_rank]
             if len(mine):
                 batch = {
                     key: value.to(env.device)
-                    for key, value in task.signal_batch(mine, trainer.cfg.model.seq_length).items()
+                    for key, value in task.signal_batch(mine, self.seq_length).items()
                 }
                 weights = torch.full((len(mine),), 1.0 / len(indices), device=env.device)
                 grads, loss = self._shadow_grads(batch, weights)
@@ -293,19 +335,18 @@ class GradientCapture:
             counted = [g.to(targets[0][0].device) for g in counted]
         return gram_matrix([counted], targets)[0].cpu()
 
-    def _probe_domain(self, domain: int, present: bool) -> list[torch.Tensor]:
+    def _probe_domain(self, batch: GlobalBatch, domain: int, start: int) -> list[torch.Tensor]:
         """DP-reduced gradient of the mean loss of ``domain``: its samples in this step's batch,
-        or (absent) its next unconsumed samples; identical on every DP rank."""
-        trainer, env = self.trainer, self.env
-        if present:
-            batch = trainer.current_batch
-            positions = np.flatnonzero(batch.domain_ids == domain)
+        or (absent) its ``probe_samples`` next unconsumed samples from ``start``; identical on
+        every DP rank."""
+        env = self.env
+        positions = np.flatnonzero(batch.domain_ids == domain)
+        if len(positions):
             sample_ids = batch.sample_ids[positions].astype(np.int64)
         else:
-            probe = trainer.cfg.mixture.probe_samples
-            start = int(trainer.sampler.realised_counts()[domain])
+            probe = self.settings.probe_samples
             sample_ids = np.arange(start, start + probe, dtype=np.int64) % len(
-                trainer.datasets[domain]
+                self.datasets[domain]
             )
         total = len(sample_ids)
         mine = np.array_split(sample_ids, env.dp_size)[env.dp_rank]
@@ -316,7 +357,7 @@ class GradientCapture:
                 loss_weights=np.ones(len(mine)),
                 round_domain=domain,
             )
-            tensors = collate(trainer.datasets, micro, env.device)
+            tensors = collate(self.datasets, micro, env.device)
             weights = torch.full((len(mine),), 1.0 / total, device=env.device)
             grads, _loss = self._shadow_grads(tensors, weights)
         else:

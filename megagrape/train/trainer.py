@@ -1,0 +1,241 @@
+"""The training loop: live-mixture batches -> train module -> reweighting events -> callbacks.
+
+One optimizer step (``Trainer.train_step``):
+  1. reseed every RNG from (seed, step), so a resumed run draws the same numbers;
+  2. the mixture controller takes the next global batch from the sampler and plans this
+     rank's micro-batches (``fixed`` or domain-pure ``by_domain`` rounds);
+  3. on an event step of a gradient method, the controller's capture computes the target
+     gradients first and reads per-domain products after each backward;
+  4. the train module runs forward/backward on every micro-batch and the optimizer step; the
+     per-domain losses are all-reduced into one StepRecord (identical on every rank);
+  5. at an event the method turns the observation into new weights (checked identical on
+     every rank); the sampler switches at the next global batch;
+  6. callbacks log, evaluate and checkpoint, each at its own interval.
+
+Building a run (``build_trainer``): training data (megagrape/data/training_data.py), the
+train module (model, optimizer, DeepSpeed), the mixture controller, the callbacks; then the
+newest complete checkpoint is restored. ``run_training`` wraps it with the process group.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from megagrape import checkpoint as ckpt
+from megagrape import parallel
+from megagrape.config import RunConfig, save_config
+from megagrape.data.training_data import TrainingData, build_training_data
+from megagrape.metrics import MetricsWriter
+from megagrape.train.callbacks import Callback, default_callbacks
+from megagrape.train.mixture_controller import MixtureController
+from megagrape.train.step_stats import StepRecord, local_step_stats, reduce_step_stats
+from megagrape.train.train_module import TrainModule, build_train_module
+
+
+def seed_everything(seed: int, step: int, env) -> None:
+    """Reseed python/numpy/torch (and the model-parallel dropout RNG) for this step."""
+    step_seed = (seed * 1_000_003 + step) % (2**31 - 1)
+    parallel.seed_everything(step_seed, env.tp_rank, env.pp_rank)
+
+
+class Trainer:
+    """Runs the loop over already built parts; see ``build_trainer``."""
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        env,
+        data: TrainingData,
+        module: TrainModule,
+        mixture: MixtureController,
+        callbacks: list[Callback],
+    ) -> None:
+        self.cfg = cfg
+        self.env = env
+        self.data = data
+        self.module = module
+        self.mixture = mixture
+        self.callbacks = callbacks
+        self.is_main = env.rank == 0
+        self.dp_group = parallel.dp_group()
+        self.step = 0  # optimizer steps completed
+        self.done = False  # step == train.train_iters
+        self.exiting = False  # train.exit_interval reached in this invocation
+        self.history: dict[str, list] = {"loss": [], "eval": []}
+        self.last_eval: dict[str, dict[str, float]] = {}
+        self._resume()
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.run_dir / "config.yaml")
+        self.metrics = MetricsWriter(
+            self.run_dir,
+            enabled=self.is_main,
+            tensorboard=cfg.logging.tensorboard,
+            wandb_project=cfg.logging.wandb_project,
+            run_name=cfg.name,
+            resume_step=self.step,
+            config=cfg.to_dict(),
+        )
+
+    @property
+    def run_dir(self) -> Path:
+        return self.cfg.run_dir
+
+    @property
+    def checkpoint_root(self) -> Path:
+        directory = self.cfg.checkpoint.dir
+        return Path(directory) if directory else self.run_dir / "checkpoints"
+
+    def callback(self, kind: type[Callback]) -> Callback:
+        """The run's callback of class ``kind`` (KeyError naming it when there is none)."""
+        for callback in self.callbacks:
+            if isinstance(callback, kind):
+                return callback
+        raise KeyError(f"this run has no {kind.__name__}")
+
+    # ----------------------------------------------------------------------------- loop
+    def train(self) -> dict:
+        """Train to train.train_iters (or train.exit_interval steps of this invocation).
+
+        Returns {"step", "eval" (the last evaluation), "history", "exited"}.
+        """
+        iters, exit_interval = self.cfg.train.train_iters, self.cfg.train.exit_interval
+        bar = tqdm(
+            total=iters,
+            initial=self.step,
+            disable=not (self.is_main and self.cfg.logging.progress_bar),
+            desc=self.cfg.name,
+            unit="step",
+            dynamic_ncols=True,
+        )
+        started_at = self.step
+        self.done = self.step >= iters
+        for callback in self.callbacks:
+            callback.on_train_start(self)
+        while not (self.done or self.exiting):
+            record = self.train_step()
+            self.history["loss"].append(record.loss)
+            bar.update(1)
+            self.done = self.step == iters
+            self.exiting = (
+                not self.done and exit_interval > 0 and (self.step - started_at) % exit_interval == 0
+            )
+            for callback in self.callbacks:
+                callback.on_step_end(self, record)
+        bar.close()
+        if self.exiting and self.is_main:
+            tqdm.write(
+                f"[megagrape] train.exit_interval reached at step {self.step}; relaunch to resume"
+            )
+        for callback in self.callbacks:
+            callback.on_train_end(self)
+        self.metrics.close()
+        return {
+            "step": self.step,
+            "eval": self.last_eval,
+            "history": self.history,
+            "exited": self.exiting,
+        }
+
+    def train_step(self) -> StepRecord:
+        """One optimizer step, its reweighting event included (collective)."""
+        cfg, env, mixture = self.cfg, self.env, self.mixture
+        seed_everything(cfg.seed, self.step, env)
+        started = time.perf_counter()
+        plan = mixture.plan_step(self.step)
+        mixture.begin_backward(plan)
+        per_sample = self.module.train_batch(
+            plan.micro_batches, self.data.datasets, mixture.loss_weights(), hooks=mixture
+        )
+        observed = mixture.before_optim_step(plan)
+        self.module.optim_step()
+        stats = local_step_stats(
+            len(self.data.domains), plan.micro_batches, per_sample, mixture.take_step_excess()
+        )
+        record = reduce_step_stats(
+            stats,
+            env,
+            tokens=cfg.train.global_batch_size * cfg.model.seq_length,
+            grad_norm=self.module.grad_norm,
+        )
+        self.step += 1
+        event = mixture.after_step(plan, self.step, record, observed, self.module.lr)
+        if event is not None:
+            for callback in self.callbacks:
+                callback.on_event(self, event)
+        record.seconds = time.perf_counter() - started
+        return record
+
+    # ----------------------------------------------------------------------------- state
+    def state_dict(self) -> dict:
+        """megagrape's own checkpoint state (rank independent); DeepSpeed saves the rest."""
+        return {
+            "step": self.step,
+            "tokenizer_fingerprint": self.data.tokenizer.fingerprint,
+            **self.mixture.state_dict(),
+        }
+
+    def save_checkpoint(self) -> Path:
+        """Collective: an atomic checkpoint of this step."""
+        return self.module.save_state(
+            self.checkpoint_root, self.step, self.state_dict(), self.cfg.checkpoint.keep_last
+        )
+
+    def _resume(self) -> None:
+        info, notes = ckpt.resolve_resume(self.cfg.checkpoint.resume, self.checkpoint_root)
+        if self.is_main:
+            for note in notes:
+                tqdm.write(f"[megagrape] {note}")
+        if info is None:
+            return
+        state = self.module.load_state(info)
+        self.step = int(state["step"])
+        self.mixture.load_state_dict(state)
+        if self.is_main:
+            tqdm.write(f"[megagrape] resumed from {info.path} at step {self.step}")
+
+
+def build_trainer(
+    cfg: RunConfig, ds_config: dict, env, callbacks: list[Callback] | None = None
+) -> Trainer:
+    """Build every part of a run inside an initialised process group, restore any checkpoint.
+
+    ``callbacks`` default to ``default_callbacks()``; pass a list to add or replace behaviours.
+    """
+    data = build_training_data(cfg)
+    module = build_train_module(cfg, env, ds_config)
+    mixture = MixtureController.build(cfg, env, data, module)
+    return Trainer(
+        cfg, env, data, module, mixture, default_callbacks() if callbacks is None else callbacks
+    )
+
+
+def run_training(
+    cfg: RunConfig,
+    ds_raw: dict,
+    ds_source: str = "DeepSpeed config",
+    callbacks: list[Callback] | None = None,
+) -> dict:
+    """Start the process group, train, tear down; returns ``Trainer.train()``'s summary.
+
+    ``cfg`` must already have passed the pre-flight check (megagrape/train/preflight.py), as
+    tools/pretrain_grape.py does before any process group exists.
+    """
+    from megagrape.ds_config import resolve_ds_config
+
+    env = parallel.init_distributed(cfg.parallel, cfg.seed)
+    try:
+        ds_config = resolve_ds_config(
+            ds_raw,
+            cfg,
+            env.world_size,
+            env.device,
+            pipeline=cfg.parallel.pipeline_parallel > 1,
+            source=ds_source,
+        )
+        return build_trainer(cfg, ds_config, env, callbacks).train()
+    finally:
+        parallel.destroy_distributed()
