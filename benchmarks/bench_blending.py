@@ -5,7 +5,7 @@
 
 (1) One segment of --samples samples over --domains domains, built by
     megatron.core.datasets.helpers_cpp.build_blending_indices and by
-    megagrape._C.build_blending_segment into preallocated arrays of the exact dtypes
+    megagrape.ops.build_blending_segment into preallocated arrays of the exact dtypes
     (int16/int64/float64), alternating, --repeats times; medians of wall and thread CPU time,
     the ratio ours/megatron, and whether both outputs are identical.
 (2) MixtureSampler: build the whole stream, then set_weights at a fraction f of it and build
@@ -22,11 +22,10 @@ import statistics
 import time
 
 import numpy as np
-import torch  # noqa: F401  (megagrape._C links against libtorch)
 
-from megagrape import _C
 from megagrape.data.megatron_blending import megatron_helpers
 from megagrape.data.sampler import MixtureSampler
+from megagrape.ops.blending import blending_kernel, build_blending_segment
 
 
 def timed(fn) -> tuple[float, float]:
@@ -53,7 +52,7 @@ def bench_builders(samples: int, domains: int, repeats: int, seed: int) -> dict:
         )
 
     def run_ours():
-        _C.build_blending_segment(our_index, our_sample, weights, zeros, zeros.copy(), 0, 0)
+        build_blending_segment(our_index, our_sample, weights, zeros, zeros.copy(), 0, 0)
 
     times = {"megatron": [], "megagrape": []}
     for repeat in range(repeats):
@@ -71,7 +70,7 @@ def bench_builders(samples: int, domains: int, repeats: int, seed: int) -> dict:
         "samples": samples,
         "domains": domains,
         "repeats": repeats,
-        "kernel": _C.blending_kernel() if domains >= 16 else "scalar",
+        "kernel": blending_kernel() if domains >= 16 else "scalar",
         "identical": bool(
             np.array_equal(our_index, megatron_index)
             and np.array_equal(our_sample, megatron_sample)

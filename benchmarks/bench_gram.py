@@ -1,4 +1,4 @@
-"""Benchmark of the fused sharded-Gram kernel (megagrape._C.gram).
+"""Benchmark of the fused sharded-Gram kernel (megagrape._C.gram, via megagrape.ops.gram_matrix).
 
 For K domain vectors and N target vectors of E elements each (default K=16, N=6,
 E=1e8, split into GPT-parameter-shaped slots that are views into one flat buffer per vector,
@@ -35,8 +35,8 @@ from collections.abc import Callable
 
 import torch
 
-from megagrape import _C
-from megagrape.gram import Vectors
+from megagrape.ops.extension import built_with_cuda
+from megagrape.ops.gram import Vectors, gram_matrix, kernel_available
 
 VARIANTS = {
     "fp32": (torch.float32, torch.float32),
@@ -144,7 +144,7 @@ def kernel_fns(a: Vectors, b: Vectors, reference: bool = True) -> dict[str, Call
     """The timed calls of bench_kernel: "kernel" and, with `reference`, "reference"."""
     a_lists = [list(v) for v in a]
     b_lists = [list(v) for v in b]
-    fns: dict[str, Callable[[], object]] = {"kernel": lambda: _C.gram(a_lists, b_lists)}
+    fns: dict[str, Callable[[], object]] = {"kernel": lambda: gram_matrix(a_lists, b_lists)}
     if reference:
         fns["reference"] = lambda: torch_dot_gram(a_lists, b_lists)
     return fns
@@ -165,7 +165,7 @@ def summarize_kernel(times: dict[str, list[float]], a: Vectors, b: Vectors) -> d
         result["reference_all_s"] = times["reference"]
         result["speedup"] = result["reference_s"] / result["kernel_s"]
         a_lists, b_lists = [list(v) for v in a], [list(v) for v in b]
-        got, want = _C.gram(a_lists, b_lists), torch_dot_gram(a_lists, b_lists)
+        got, want = gram_matrix(a_lists, b_lists), torch_dot_gram(a_lists, b_lists)
         result["max_rel_diff"] = float((got - want).abs().max() / want.abs().max())
     return result
 
@@ -251,7 +251,7 @@ def machine_description(device: torch.device) -> dict:
         "device": str(device),
         "threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(),
-        "gram_has_cuda": bool(getattr(_C, "gram_has_cuda", False)),
+        "gram_has_cuda": built_with_cuda(),
         "load_average_after": os.getloadavg(),
     }
     if device.type == "cuda":
@@ -283,7 +283,9 @@ def main() -> None:
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
-        "--event-config", default="configs/quickstart.yaml", help="model and corpus of the event timing"
+        "--event-config",
+        default="configs/quickstart.yaml",
+        help="model and corpus of the event timing",
     )
     parser.add_argument("--event-ds-config", default="configs/ds/zero1.json")
     parser.add_argument("--event-interval", type=int, default=5, help="steps between events")
@@ -292,6 +294,11 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="also write the JSON object to this file")
     args = parser.parse_args()
     device = torch.device(args.device)
+    if not kernel_available(device):
+        parser.error(
+            f"--device {device}: megagrape._C was built without CUDA, so the kernel would be the "
+            "torch reference; rebuild it on a machine with a CUDA torch and nvcc (tools/install.sh)"
+        )
     names = [v for v in args.variants.split(",") if v]
     unknown = [v for v in names if v not in VARIANTS]
     if unknown:

@@ -1,4 +1,4 @@
-"""The C++ blending builder (megagrape._C.build_blending_segment) against Megatron's own."""
+"""The C++ blending builder (megagrape.ops.build_blending_segment) against Megatron's own."""
 
 from __future__ import annotations
 
@@ -8,14 +8,11 @@ import time
 
 import numpy as np
 import pytest
-import torch  # noqa: F401  (megagrape._C links against libtorch)
 
-from megagrape import _C
 from megagrape.data.megatron_blending import megatron_helpers
+from megagrape.ops.blending import blending_kernel, build_blending_segment
 
-KERNELS = ["auto", "scalar"] + (["avx"] if _C.blending_kernel() == "avx" else [])
-
-
+KERNELS = ["auto", "scalar"] + (["avx"] if blending_kernel() == "avx" else [])
 
 
 MEGATRON = megatron_helpers()
@@ -44,7 +41,7 @@ def ours(
     counts = start_counts.copy() if counts is None else counts.copy()
     dataset_index = np.empty(size, dtype=np.int16)
     dataset_sample_index = np.empty(size, dtype=np.int64)
-    _C.build_blending_segment(
+    build_blending_segment(
         dataset_index,
         dataset_sample_index,
         weights,
@@ -167,7 +164,7 @@ def test_wrong_dtype_is_a_type_error_naming_the_argument(name, bad_value):
     arguments = _valid_arguments()
     arguments[name] = bad_value
     with pytest.raises(TypeError, match=name):
-        _C.build_blending_segment(**arguments)
+        build_blending_segment(**arguments)
 
 
 @pytest.mark.parametrize(
@@ -189,22 +186,22 @@ def test_bad_shapes_and_values_are_value_errors(name, bad_value, message):
     arguments = _valid_arguments()
     arguments[name] = bad_value
     with pytest.raises(ValueError, match=message):
-        _C.build_blending_segment(**arguments)
+        build_blending_segment(**arguments)
 
 
 def test_read_only_output_and_unknown_kernel_are_rejected():
     arguments = _valid_arguments()
     arguments["dataset_index"].setflags(write=False)
     with pytest.raises(ValueError, match="read-only"):
-        _C.build_blending_segment(**arguments)
+        build_blending_segment(**arguments)
     with pytest.raises(ValueError, match="kernel"):
-        _C.build_blending_segment(**_valid_arguments(), kernel="cuda")
+        build_blending_segment(**_valid_arguments(), kernel="cuda")
 
 
 def test_outputs_are_written_in_place_not_to_a_copy():
     arguments = _valid_arguments(num_domains=3, size=30)
     arguments["dataset_index"][:] = -1
-    _C.build_blending_segment(**arguments)
+    build_blending_segment(**arguments)
     assert (arguments["dataset_index"] >= 0).all()
     assert arguments["counts"].sum() == 30
 
@@ -220,7 +217,7 @@ def test_gil_is_released_while_building():
         index, sample = np.empty(size, np.int16), np.empty(size, np.int64)
         counts = np.zeros(64, np.int64)
         about_to_build.set()
-        _C.build_blending_segment(index, sample, weights, np.zeros(64, np.int64), counts, 0, 0)
+        build_blending_segment(index, sample, weights, np.zeros(64, np.int64), counts, 0, 0)
         finished_at.append(time.perf_counter())
 
     worker = threading.Thread(target=build)

@@ -1,10 +1,13 @@
-"""The fused sharded-Gram kernel (megagrape._C.gram) against the plain torch reference."""
+"""The fused sharded-Gram kernel (megagrape._C.gram) against the plain torch reference, and the
+extension policy of megagrape.ops (required extension; CUDA without CUDA build -> reference)."""
 
 from __future__ import annotations
 
 import re
 import shutil
 import subprocess
+import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -12,10 +15,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import megagrape.gram as gram_module
-from megagrape.gram import gram_matrix, gram_reference
+import megagrape.ops.extension as extension_module
+import megagrape.ops.gram as gram_module
+from megagrape.ops.extension import ExtensionMissingError, built_with_cuda, extension
+from megagrape.ops.gram import gram_matrix, gram_reference
 
-_C = pytest.importorskip("megagrape._C")
+gram_kernel = extension().gram
 
 ODD_SHAPES = [(1,), (7,), (1000003,), (0,), (3, 5), (2, 3, 4)]
 
@@ -54,7 +59,7 @@ def test_reference_on_integers():
     b = [[torch.tensor([4.0, 5.0]), torch.tensor([[6.0]])], [torch.ones(2), torch.ones(1, 1)]]
     want = torch.tensor([[1 * 4 + 2 * 5 + 3 * 6, 1 + 2 + 3]], dtype=torch.float64)
     assert torch.equal(gram_reference(a, b), want)
-    assert torch.equal(_C.gram(a, b), want)
+    assert torch.equal(gram_kernel(a, b), want)
 
 
 @pytest.mark.parametrize(
@@ -70,7 +75,7 @@ def test_k16_n6_odd_shapes_match_reference(dtype_a, dtype_b):
     # bf16 x bf16 products are exact in fp32, so bf16 needs no looser tolerance than fp32.
     a = random_vectors(16, ODD_SHAPES, dtype_a, seed=1)
     b = random_vectors(6, ODD_SHAPES, dtype_b, seed=2)
-    assert_close_to_reference(_C.gram(a, b), a, b)
+    assert_close_to_reference(gram_kernel(a, b), a, b)
 
 
 @pytest.mark.parametrize(("k", "n"), [(1, 1), (1, 6), (16, 1), (5, 4), (9, 7)])
@@ -78,7 +83,7 @@ def test_tile_edges_match_reference(k, n):
     shapes = [(4099,), (13, 3), (1,)]
     a = random_vectors(k, shapes, torch.float32, seed=k)
     b = random_vectors(n, shapes, torch.float32, seed=100 + n)
-    assert_close_to_reference(_C.gram(a, b), a, b)
+    assert_close_to_reference(gram_kernel(a, b), a, b)
 
 
 @settings(max_examples=40, deadline=None)
@@ -94,7 +99,7 @@ def test_random_layouts_match_reference(k, n, sizes, a_bf16, b_bf16, seed):
     shapes = [(size,) for size in sizes]
     a = random_vectors(k, shapes, torch.bfloat16 if a_bf16 else torch.float32, seed)
     b = random_vectors(n, shapes, torch.bfloat16 if b_bf16 else torch.float32, seed + 1)
-    assert_close_to_reference(_C.gram(a, b), a, b)
+    assert_close_to_reference(gram_kernel(a, b), a, b)
 
 
 def test_slots_may_be_views_into_flat_buffers_at_odd_offsets():
@@ -113,13 +118,13 @@ def test_slots_may_be_views_into_flat_buffers_at_odd_offsets():
     gen = torch.Generator().manual_seed(5)
     a = [views(torch.randn(total + 1, generator=gen)) for _ in range(4)]
     b = [views(torch.randn(total + 1, generator=gen).bfloat16()) for _ in range(3)]
-    assert_close_to_reference(_C.gram(a, b), a, b)
+    assert_close_to_reference(gram_kernel(a, b), a, b)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_same_vectors_give_exactly_symmetric_gram(dtype):
     a = random_vectors(7, [(5003,), (17,)], dtype, seed=3)
-    got = _C.gram(a, a)
+    got = gram_kernel(a, a)
     assert_close_to_reference(got, a, a)
     assert torch.equal(got, got.T)
     assert torch.all(got.diagonal() > 0)
@@ -133,8 +138,8 @@ def test_result_independent_of_thread_count_and_run():
         results = []
         for count in (1, 2, 3):
             torch.set_num_threads(count)
-            results.append(_C.gram(a, b))
-        results.append(_C.gram(a, b))
+            results.append(gram_kernel(a, b))
+        results.append(gram_kernel(a, b))
     finally:
         torch.set_num_threads(threads)
     for other in results[1:]:
@@ -143,12 +148,14 @@ def test_result_independent_of_thread_count_and_run():
 
 def test_empty_inputs():
     b = random_vectors(3, [(4,)], torch.float32, seed=6)
-    assert _C.gram([], b).shape == (0, 3)
-    assert _C.gram(b, []).shape == (3, 0)
-    assert _C.gram([], []).shape == (0, 0)
-    assert torch.equal(_C.gram([[]], [[], []]), torch.zeros(1, 2, dtype=torch.float64))
+    assert gram_kernel([], b).shape == (0, 3)
+    assert gram_kernel(b, []).shape == (3, 0)
+    assert gram_kernel([], []).shape == (0, 0)
+    assert torch.equal(gram_kernel([[]], [[], []]), torch.zeros(1, 2, dtype=torch.float64))
     empty_slots = [[torch.empty(0), torch.empty(0, 3)] for _ in range(2)]
-    assert torch.equal(_C.gram(empty_slots, empty_slots), torch.zeros(2, 2, dtype=torch.float64))
+    assert torch.equal(
+        gram_kernel(empty_slots, empty_slots), torch.zeros(2, 2, dtype=torch.float64)
+    )
 
 
 def test_wrapper_matches_kernel_and_falls_back_to_reference(monkeypatch):
@@ -156,11 +163,40 @@ def test_wrapper_matches_kernel_and_falls_back_to_reference(monkeypatch):
     b = random_vectors(2, [(300,), (2, 2)], torch.bfloat16, seed=8)
     assert gram_module.kernel_available()
     with_kernel = gram_matrix(a, b)
-    assert torch.equal(with_kernel, _C.gram([list(v) for v in a], b))
+    assert torch.equal(with_kernel, gram_kernel([list(v) for v in a], b))
     assert torch.equal(gram_matrix(a, a), gram_matrix(a, a).T)
-    monkeypatch.setattr(gram_module, "_C", None)
-    assert not gram_module.kernel_available()
+    monkeypatch.setattr(gram_module, "fall_back_to_reference", lambda kernel, device: True)
     assert torch.equal(gram_matrix(a, b), gram_reference(a, b))
+
+
+def test_cuda_without_cuda_build_falls_back_with_one_warning(monkeypatch):
+    monkeypatch.setattr(extension(), "gram_has_cuda", False)
+    monkeypatch.setattr(extension_module, "_warned_kernels", set())
+    cuda = torch.device("cuda", 0)
+    assert not gram_module.kernel_available(cuda)
+    assert not extension_module.fall_back_to_reference("gram", torch.device("cpu"))
+    with pytest.warns(RuntimeWarning, match=r"built without CUDA.*gram on cuda:0.*install\.sh"):
+        assert extension_module.fall_back_to_reference("gram", cuda)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert extension_module.fall_back_to_reference("gram", cuda)  # no second warning
+    monkeypatch.setattr(extension(), "gram_has_cuda", True)
+    assert gram_module.kernel_available(cuda)
+    assert not extension_module.fall_back_to_reference("gram", cuda)
+
+
+def test_missing_extension_says_how_to_build_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "megagrape._C", None)  # the import now fails
+    extension.cache_clear()
+    try:
+        with pytest.raises(
+            ExtensionMissingError, match=r"bash tools/install\.sh.*no-build-isolation"
+        ):
+            gram_matrix([[torch.ones(2)]], [[torch.ones(2)]])
+    finally:
+        monkeypatch.undo()
+        extension.cache_clear()
+    assert extension().gram is gram_kernel
 
 
 @pytest.mark.parametrize(
@@ -207,7 +243,7 @@ def test_wrapper_matches_kernel_and_falls_back_to_reference(monkeypatch):
 )
 def test_bad_input_names_vector_and_slot(a, b, error, words):
     with pytest.raises(error) as caught:
-        _C.gram(a, b)
+        gram_kernel(a, b)
     for word in words:
         assert word in str(caught.value)
 
@@ -248,7 +284,7 @@ def cuda_ready():
 @pytest.mark.skipif(not cuda_ready(), reason="needs CUDA")
 class TestCuda:
     def test_extension_was_built_with_cuda(self):
-        assert _C.gram_has_cuda, "rebuild megagrape._C against a CUDA torch with nvcc on PATH"
+        assert built_with_cuda(), "rebuild megagrape._C against a CUDA torch with nvcc on PATH"
 
     @pytest.mark.parametrize(
         ("k", "n", "dtype_a", "dtype_b"),
@@ -263,17 +299,17 @@ class TestCuda:
     def test_matches_reference(self, k, n, dtype_a, dtype_b):
         a = random_vectors(k, ODD_SHAPES, dtype_a, seed=11, device="cuda")
         b = random_vectors(n, ODD_SHAPES, dtype_b, seed=12, device="cuda")
-        got = _C.gram(a, b)
+        got = gram_kernel(a, b)
         assert got.device.type == "cuda"
         assert_close_to_reference(got, a, b)
 
     def test_same_vectors_deterministic_and_symmetric(self):
         a = random_vectors(9, [(3_000_001,), (5,)], torch.float32, seed=13, device="cuda")
-        first = _C.gram(a, a)
-        assert torch.equal(first, _C.gram(a, a))
+        first = gram_kernel(a, a)
+        assert torch.equal(first, gram_kernel(a, a))
         assert torch.equal(first, first.T)
         assert_close_to_reference(first, a, a)
 
     def test_empty_slots_give_zeros(self):
         a = [[torch.empty(0, device="cuda")] for _ in range(3)]
-        assert torch.equal(_C.gram(a, a), torch.zeros(3, 3, dtype=torch.float64, device="cuda"))
+        assert torch.equal(gram_kernel(a, a), torch.zeros(3, 3, dtype=torch.float64, device="cuda"))

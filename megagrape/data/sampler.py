@@ -3,11 +3,12 @@
 The global sample stream is a list of segments ``(start_sample, weights)``. Inside a segment,
 sample i goes to ``argmax_d w_d * max(i - S, 1) - (c_d(i) - c_d(S))`` (ties to the lowest d)
 and takes that domain's next sample ``c_d(i)``: Megatron's ``build_blending_indices`` rule,
-restarted at each segment start S with the per-domain counts carried over (csrc/blending.cpp).
-Every domain is therefore consumed as a contiguous prefix 0, 1, 2, ... of its own (already
-shuffled) dataset: a weight change never repeats or skips a sample. There is no RNG; the
-stream is a pure function of the segments, so every rank that holds the same float64 weights
-builds the same stream (broadcasting the weights is the caller's job).
+restarted at each segment start S with the per-domain counts carried over (csrc/blending.cpp,
+through megagrape.ops.blending). Every domain is therefore consumed as a contiguous prefix
+0, 1, 2, ... of its own (already shuffled) dataset: a weight change never repeats or skips a
+sample. There is no RNG; the stream is a pure function of the segments, so every rank that
+holds the same float64 weights builds the same stream (broadcasting the weights is the
+caller's job).
 
 The stream is built lazily, in chunks of ``chunk_samples`` (2^20 by default), and each chunk
 keeps the per-domain counts at its start. Consumed chunks drop their arrays but keep that
@@ -32,10 +33,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch  # noqa: F401  (megagrape._C links against libtorch: load it first)
 
-from megagrape import _C
 from megagrape.errors import DataError
+from megagrape.ops.blending import build_blending_segment
 
 MAX_DOMAINS = 32767  # domain ids are int16, as in Megatron's BlendedDataset
 DEFAULT_CHUNK_SAMPLES = 1 << 20
@@ -496,7 +496,7 @@ class MixtureSampler:
                 self._segment_starts[index + 1] if index + 1 < len(self._segments) else math.inf
             )
             piece = int(min(total - done, next_start - position))
-            _C.build_blending_segment(
+            build_blending_segment(
                 domain_out[done : done + piece],
                 sample_out[done : done + piece],
                 segment.weights,

@@ -45,10 +45,10 @@ import torch.distributed as dist
 from megagrape import parallel
 from megagrape.data.sampler import GlobalBatch
 from megagrape.errors import ConfigError
-from megagrape.gram import gram_matrix
 from megagrape.microbatches import MicroBatch, collate
 from megagrape.model import ModelConfig, build_model, token_losses
 from megagrape.model.params import counts_once
+from megagrape.ops import gram_matrix
 
 
 @dataclass

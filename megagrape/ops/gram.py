@@ -3,9 +3,10 @@
 A "vector" is a list of P tensors (slots): one per parameter shard, or one per flat ZeRO
 partition. Slot j has the same number of elements in every vector (shapes may differ).
 ``gram_matrix`` calls the fused kernel ``megagrape._C.gram`` (one pass over all vectors,
-fp32 products summed over short blocks and fp64 across them, deterministic order) and falls
-back to ``gram_reference`` when the extension is not built. The result is this rank's
-partial: the caller all-reduces it across ranks.
+fp32 products summed over short blocks and fp64 across them, deterministic order), following
+the policy of :mod:`megagrape.ops.extension`: the extension is required, and CUDA tensors
+with an extension built without CUDA go to ``gram_reference`` (with one warning). The
+result is this rank's partial: the caller all-reduces it across ranks.
 """
 
 from __future__ import annotations
@@ -14,17 +15,19 @@ from collections.abc import Sequence
 
 import torch
 
-try:
-    from megagrape import _C
-except ImportError:  # extension not built: the pure-torch reference is used instead
-    _C = None
+from megagrape.ops.extension import built_with_cuda, extension, fall_back_to_reference
 
 Vectors = Sequence[Sequence[torch.Tensor]]
 
 
-def kernel_available() -> bool:
-    """True when the compiled ``megagrape._C.gram`` kernel can be used."""
-    return _C is not None and hasattr(_C, "gram")
+def kernel_available(device: torch.device | str = "cpu") -> bool:
+    """True when ``gram_matrix`` runs the compiled kernel for tensors on ``device``.
+
+    Always on the CPU (and on other devices the kernel rejects with a ValueError); on CUDA
+    when the extension was built with CUDA. Raises ExtensionMissingError when the extension
+    is not built at all.
+    """
+    return torch.device(device).type != "cuda" or built_with_cuda()
 
 
 def gram_matrix(a: Vectors, b: Vectors) -> torch.Tensor:
@@ -36,9 +39,9 @@ def gram_matrix(a: Vectors, b: Vectors) -> torch.Tensor:
     """
     a_lists = [list(vector) for vector in a]
     b_lists = a_lists if b is a else [list(vector) for vector in b]
-    if kernel_available():
-        return _C.gram(a_lists, b_lists)
-    return gram_reference(a_lists, b_lists)
+    if fall_back_to_reference("gram", _device_of(a_lists, b_lists)):
+        return gram_reference(a_lists, b_lists)
+    return extension().gram(a_lists, b_lists)
 
 
 def gram_reference(a: Vectors, b: Vectors) -> torch.Tensor:
@@ -46,7 +49,7 @@ def gram_reference(a: Vectors, b: Vectors) -> torch.Tensor:
 
     Same shapes and device as ``gram_matrix``; no checks beyond torch's own.
     """
-    device = next((t.device for vector in (*a, *b) for t in vector), torch.device("cpu"))
+    device = _device_of(a, b)
     out = torch.zeros(len(a), len(b), dtype=torch.float64, device=device)
     for k, a_vector in enumerate(a):
         for n, b_vector in enumerate(b):
@@ -55,3 +58,8 @@ def gram_reference(a: Vectors, b: Vectors) -> torch.Tensor:
                 total += torch.dot(a_slot.flatten().double(), b_slot.flatten().double())
             out[k, n] = total
     return out
+
+
+def _device_of(a: Vectors, b: Vectors) -> torch.device:
+    """The device of the first tensor in ``a`` then ``b``; the CPU when there is none."""
+    return next((t.device for vector in (*a, *b) for t in vector), torch.device("cpu"))
