@@ -23,7 +23,8 @@ from megagrape.errors import ConfigError
 from megagrape.model import ModelConfig
 from megagrape.parallel import ParallelConfig
 
-LR_DECAY_STYLES = ("constant", "linear", "cosine", "exponential")
+LR_DECAY_STYLES = ("constant", "linear", "cosine", "exponential", "wsd")
+LR_WSD_DECAY_STYLES = ("linear", "cosine", "exponential", "minus_sqrt")
 MICROBATCH_SCHEDULES = ("auto", "fixed", "by_domain")
 APPLY_MODES = ("sample", "loss")
 
@@ -187,15 +188,35 @@ class TrainConfig:
     micro_batch_size: int = 4
     """Sequences per forward/backward on one rank."""
     lr: float = 1e-3
+    """Peak learning rate, reached at the end of warmup."""
     min_lr: float = 1e-4
+    """Learning rate at the end of the decay (step lr_decay_iters) and on every step after it."""
     lr_warmup_iters: int = 0
+    """Steps of linear warmup: step s < lr_warmup_iters (0-based) uses lr * (s + 1) / lr_warmup_iters."""
     lr_decay_style: str = "cosine"
+    """Decay from lr to min_lr over progress p = (s - lr_warmup_iters) / (lr_decay_iters -
+    lr_warmup_iters) in [0, 1]: constant (lr all run), linear, cosine (0.5 * (1 + cos(pi p))),
+    exponential (lr * (min_lr / lr)**p; linear when min_lr = 0) or wsd (Megatron's WSD: lr until
+    the last lr_wsd_decay_iters steps before lr_decay_iters, then lr_wsd_decay_style to min_lr)."""
     lr_decay_iters: int = 0
-    """Steps over which lr decays to min_lr after warmup (0 = train_iters)."""
+    """Step, counted from step 0 as Megatron-LM's --lr-decay-iters, at which the decay reaches
+    min_lr (0 = train_iters); later steps stay at min_lr. May exceed train_iters, as in Megatron:
+    the run then ends before lr reaches min_lr."""
+    lr_wsd_decay_iters: int = 0
+    """wsd only (Megatron's --lr-wsd-decay-iters): steps of the final decay phase, which ends at
+    lr_decay_iters; lr stays at lr from warmup to lr_decay_iters - lr_wsd_decay_iters."""
+    lr_wsd_decay_style: str = "exponential"
+    """wsd only (Megatron's --lr-wsd-decay-style): the final decay's share of lr - min_lr over the
+    fraction r of that phase done: linear (1 - r), cosine (0.5 * (1 + cos(pi r))), exponential
+    (2 * 0.5**r - 1) or minus_sqrt (1 - sqrt(r))."""
     weight_decay: float = 0.01
+    """AdamW decoupled weight decay on matrices (biases and norm weights are not decayed)."""
     adam_beta1: float = 0.9
+    """AdamW first-moment decay."""
     adam_beta2: float = 0.95
+    """AdamW second-moment decay."""
     adam_eps: float = 1e-8
+    """AdamW epsilon."""
     clip_grad: float = 1.0
     """Global gradient-norm clip (0 = off); written into the DeepSpeed config."""
     exit_interval: int = 0
@@ -231,8 +252,34 @@ class TrainConfig:
             f"allowed: 0..train_iters ({self.train_iters})",
         )
         _require(
-            self.lr_decay_iters >= 0, "train.lr_decay_iters", self.lr_decay_iters, "allowed: >= 0"
+            self.lr_decay_iters == 0 or self.lr_decay_iters > self.lr_warmup_iters,
+            "train.lr_decay_iters",
+            self.lr_decay_iters,
+            f"allowed: 0 (= train_iters) or an integer > lr_warmup_iters ({self.lr_warmup_iters});"
+            " it may exceed train_iters",
         )
+        _require(
+            self.lr_wsd_decay_style in LR_WSD_DECAY_STYLES,
+            "train.lr_wsd_decay_style",
+            self.lr_wsd_decay_style,
+            f"allowed: {', '.join(LR_WSD_DECAY_STYLES)}",
+        )
+        if self.lr_decay_style == "wsd":
+            stable_and_decay = (self.lr_decay_iters or self.train_iters) - self.lr_warmup_iters
+            _require(
+                1 <= self.lr_wsd_decay_iters <= stable_and_decay,
+                "train.lr_wsd_decay_iters",
+                self.lr_wsd_decay_iters,
+                f"allowed with lr_decay_style wsd: 1..{stable_and_decay} (lr_decay_iters, or"
+                " train_iters when 0, minus lr_warmup_iters)",
+            )
+        else:
+            _require(
+                self.lr_wsd_decay_iters >= 0,
+                "train.lr_wsd_decay_iters",
+                self.lr_wsd_decay_iters,
+                "allowed: >= 0 (used only by lr_decay_style wsd)",
+            )
         _require(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, "allowed: >= 0")
         for name in ("adam_beta1", "adam_beta2"):
             value = getattr(self, name)
@@ -279,9 +326,11 @@ class LoggingConfig:
     interval: int = 10
     """Log every N optimizer steps."""
     tensorboard: bool = True
+    """Write TensorBoard scalars to <run_dir>/tensorboard."""
     wandb_project: str = ""
     """Log to this wandb project too when wandb is importable (empty = off)."""
     progress_bar: bool = True
+    """Show a tqdm progress bar on rank 0."""
 
     def validate(self) -> None:
         _require(self.interval >= 1, "logging.interval", self.interval, "allowed: an integer >= 1")
@@ -292,8 +341,11 @@ class RunConfig:
     """A whole run; ``validate`` checks every section and the cross-section arithmetic."""
 
     name: str = "run"
+    """Run name: outputs go to <output_dir>/<name> (no '/')."""
     output_dir: str = "runs"
+    """Parent directory of every run's outputs."""
     seed: int = 1234
+    """Seeds the model initialisation, the data order and every per-step random stream."""
     model: ModelConfig = field(default_factory=ModelConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -306,6 +358,11 @@ class RunConfig:
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.name
+
+    @property
+    def checkpoint_root(self) -> Path:
+        """Where the run's checkpoints live: checkpoint.dir, default <run_dir>/checkpoints."""
+        return Path(self.checkpoint.dir) if self.checkpoint.dir else self.run_dir / "checkpoints"
 
     def validate(self, world_size: int | None = None) -> None:
         _require(
@@ -400,5 +457,24 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     return from_dict(RunConfig, apply_overrides(data, overrides))
 
 
+def resolved_dict(cfg: RunConfig) -> dict[str, Any]:
+    """Every field of ``cfg`` with ``mixture.options`` completed by the method's defaults.
+
+    This is what ``--print-config`` prints and what a run records in ``config.yaml``: a run is
+    reproduced from it even if a later version changes an option's default.
+    """
+    from megagrape.mixture.catalog import resolved_options
+
+    data = cfg.to_dict()
+    data["mixture"]["options"] = resolved_options(cfg.mixture.method, cfg.mixture.options)
+    return data
+
+
+def config_yaml(cfg: RunConfig) -> str:
+    """The resolved config as YAML, sections in definition order."""
+    return yaml.safe_dump(resolved_dict(cfg), sort_keys=False, allow_unicode=True)
+
+
 def save_config(cfg: RunConfig, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    """Write the resolved config (``resolved_dict``) to ``path`` as YAML."""
+    Path(path).write_text(config_yaml(cfg))

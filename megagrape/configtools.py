@@ -170,3 +170,35 @@ def apply_overrides(data: dict[str, Any], overrides: typing.Sequence[str]) -> di
             node = child
         node[path[-1]] = value
     return merged
+
+
+def field_docstrings(cls: type) -> dict[str, str]:
+    """{field: docstring} for a dataclass whose fields carry attribute docstrings.
+
+    An attribute docstring is the string literal right after a field's annotated assignment
+    (the convention of every config and options class here). Base classes are read first, so
+    a subclass's docstring wins. Fields without one are left out.
+    """
+    import ast
+    import inspect
+    import textwrap
+
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            source = textwrap.dedent(inspect.getsource(klass))
+        except (OSError, TypeError):
+            continue
+        body = ast.parse(source).body[0].body
+        for node, following in zip(body, body[1:]):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and isinstance(following, ast.Expr)
+                and isinstance(following.value, ast.Constant)
+                and isinstance(following.value.value, str)
+            ):
+                docs[node.target.id] = inspect.cleandoc(following.value.value)
+    return docs

@@ -15,39 +15,64 @@ from megagrape import checkpoint as ckpt
 from megagrape.errors import ConfigError
 from megagrape.model import build_model, token_losses
 
+FIELD = "mixture.reference_checkpoint"
+
+
+def check_reference_checkpoint(
+    method: str,
+    checkpoint: str,
+    tokenizer_fingerprint: str,
+    tensor_parallel: int,
+    pipeline_parallel: int,
+) -> Path:
+    """Check ``mixture.reference_checkpoint`` before any model is built; returns its path.
+
+    ConfigError when it is unset, incomplete, made with another tokenizer, or with another
+    tensor-parallel size, or when the run is pipeline-parallel.
+    """
+    if not checkpoint:
+        raise ConfigError(
+            f"mixture.method={method} needs {FIELD}: train a reference run first (e.g. "
+            "mixture.method=static on the same data) and point to one of its checkpoints/step_N"
+        )
+    if pipeline_parallel > 1:
+        raise ConfigError(
+            f"mixture.method={method} ({FIELD}) is not supported with "
+            "parallel.pipeline_parallel > 1: the reference model scores the training micro-batches, "
+            "which DeepSpeed's pipeline engine does not expose"
+        )
+    path = Path(checkpoint)
+    reason = ckpt.verify_checkpoint(path)
+    if reason is not None:
+        raise ConfigError(
+            f"{FIELD}={checkpoint!r} is not a complete megagrape checkpoint: {reason}"
+        )
+    state = json.loads((path / ckpt.STATE_FILE).read_text())
+    theirs = state.get("tokenizer_fingerprint")
+    if theirs != tokenizer_fingerprint:
+        raise ConfigError(
+            f"{FIELD}={checkpoint!r} was trained with a different tokenizer (fingerprint {theirs}, this "
+            f"run uses {tokenizer_fingerprint}): DoReMi's excess loss compares per-token losses, so the "
+            "reference must share this run's vocabulary"
+        )
+    for tp_rank in range(tensor_parallel):
+        model_file = path / f"mp_rank_{tp_rank:02d}_model_states.pt"
+        if not model_file.is_file():
+            raise ConfigError(
+                f"{FIELD}={checkpoint!r} has no {model_file.name}: it was written with a different "
+                f"tensor-parallel size than this run's {tensor_parallel}"
+            )
+    return path
+
 
 class ReferenceModel:
     """Frozen model loaded from ``checkpoint`` (a step_N directory written by megagrape)."""
 
     def __init__(self, cfg, env, checkpoint: str, tokenizer_fingerprint: str) -> None:
-        field = "mixture.reference_checkpoint"
-        if not checkpoint:
-            raise ConfigError(
-                f"mixture.method={cfg.mixture.method} needs {field}: train a reference run first (e.g. "
-                "mixture.method=static on the same data) and point to one of its checkpoints/step_N"
-            )
-        if env.pp_size > 1:
-            raise ConfigError(f"{field} is not supported with parallel.pipeline_parallel > 1")
-        path = Path(checkpoint)
-        reason = ckpt.verify_checkpoint(path)
-        if reason is not None:
-            raise ConfigError(
-                f"{field}={checkpoint!r} is not a complete megagrape checkpoint: {reason}"
-            )
-        state = json.loads((path / ckpt.STATE_FILE).read_text())
-        theirs = state.get("tokenizer_fingerprint")
-        if theirs != tokenizer_fingerprint:
-            raise ConfigError(
-                f"{field}={checkpoint!r} was trained with a different tokenizer (fingerprint {theirs}, this "
-                f"run uses {tokenizer_fingerprint}): DoReMi's excess loss compares per-token losses, so the "
-                "reference must share this run's vocabulary"
-            )
+        path = check_reference_checkpoint(
+            cfg.mixture.method, checkpoint, tokenizer_fingerprint, env.tp_size, env.pp_size
+        )
         model_file = path / f"mp_rank_{env.tp_rank:02d}_model_states.pt"
-        if not model_file.is_file():
-            raise ConfigError(
-                f"{field}={checkpoint!r} has no {model_file.name}: it was written with a different "
-                f"tensor-parallel size than this run's {env.tp_size}"
-            )
         self.model = build_model(cfg.model, env)
         ckpt.check_model_shapes(self.model, path)
         saved = torch.load(model_file, map_location="cpu", weights_only=False)["module"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import yaml
+
 from megagrape.config import RunConfig, load_config
 
 
@@ -33,6 +35,16 @@ def tiny_config(corpus: Path, out: Path, name: str, *overrides: str) -> RunConfi
         "checkpoint.interval=0",
     ]
     return load_config(None, [*base, *overrides])
+
+
+def write_run_config(corpus: Path, out: Path, name: str, *overrides: str) -> Path:
+    """``tiny_config`` written as a user's YAML file (out/<name>.yaml): the fields as given,
+    ``mixture.options`` not completed with a method's defaults, so a command-line override
+    may still switch the method."""
+    path = out / f"{name}.yaml"
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(tiny_config(corpus, out, name, *overrides).to_dict()))
+    return path
 
 
 def train_in_process(cfg: RunConfig, ds_path: str, env):

@@ -13,18 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from megagrape.config import save_config
-from tests.run_utils import tiny_config
+from tests.run_utils import write_run_config
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = str(REPO / "tools" / "pretrain_grape.py")
-
-
-def write_config(corpus: Path, out: Path, name: str, *overrides: str) -> Path:
-    path = out / f"{name}.yaml"
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(tiny_config(corpus, out, name, *overrides), path)
-    return path
 
 
 def launch(config: Path, *extra: str, env=None, ds="configs/ds/zero1.json", timeout=600):
@@ -50,10 +42,10 @@ def test_sigkill_during_checkpoint_write_resumes_exactly(test_corpus, tmp_path):
         "train.train_iters=12",
         "checkpoint.interval=4",
     )
-    full = launch(write_config(test_corpus, tmp_path, "full", *grape))
+    full = launch(write_run_config(test_corpus, tmp_path, "full", *grape))
     assert full.returncode == 0, full.stderr[-3000:]
 
-    config = write_config(test_corpus, tmp_path, "killed", *grape)
+    config = write_run_config(test_corpus, tmp_path, "killed", *grape)
     killed = launch(config, env={"MEGAGRAPE_TEST_KILL_BEFORE_COMPLETE": "8"})
     assert killed.returncode == -signal.SIGKILL
     ckpts = tmp_path / "killed" / "checkpoints"
@@ -82,7 +74,7 @@ def test_sigkill_during_checkpoint_write_resumes_exactly(test_corpus, tmp_path):
 
 
 def test_corrupt_newest_checkpoint_falls_back_with_a_note(test_corpus, tmp_path):
-    config = write_config(
+    config = write_run_config(
         test_corpus, tmp_path, "corrupt", "train.train_iters=8", "checkpoint.interval=4"
     )
     assert launch(config, "train.exit_interval=8").returncode == 0
@@ -115,14 +107,14 @@ def test_corrupt_newest_checkpoint_falls_back_with_a_note(test_corpus, tmp_path)
     ],
 )
 def test_bad_input_exits_with_a_clear_message(test_corpus, tmp_path, args, message):
-    result = launch(write_config(test_corpus, tmp_path, "bad"), *args, timeout=300)
+    result = launch(write_run_config(test_corpus, tmp_path, "bad"), *args, timeout=300)
     assert result.returncode == 2
     assert message in result.stderr
 
 
 def test_missing_data_prefix_is_named(test_corpus, tmp_path):
     result = launch(
-        write_config(test_corpus, tmp_path, "nodata"),
+        write_run_config(test_corpus, tmp_path, "nodata"),
         "data.prefixes={ghost: /nonexistent/ghost_text_document}",
     )
     assert result.returncode == 2
@@ -131,7 +123,7 @@ def test_missing_data_prefix_is_named(test_corpus, tmp_path):
 
 def test_crashed_rank_ends_the_job(test_corpus, tmp_path):
     """torchrun with 2 ranks; SIGKILL one mid-training: the launcher must exit non-zero, not hang."""
-    config = write_config(
+    config = write_run_config(
         test_corpus, tmp_path, "crash", "train.train_iters=100000", "logging.interval=1"
     )
     job = subprocess.Popen(
@@ -182,7 +174,7 @@ def test_doremi_reference_with_another_vocabulary_is_refused(test_corpus, tmp_pa
     )
     (partial / "mp_rank_00_model_states.pt").write_bytes(b"x")
     ckpt.finalize_save(partial, tmp_path / "ref" / "step_000001", 1, 1, tmp_path / "ref")
-    config = write_config(test_corpus, tmp_path, "doremi", "mixture.method=doremi")
+    config = write_run_config(test_corpus, tmp_path, "doremi", "mixture.method=doremi")
     result = launch(config, f"mixture.reference_checkpoint={tmp_path / 'ref' / 'step_000001'}")
     assert result.returncode == 2
     assert "different tokenizer" in result.stderr

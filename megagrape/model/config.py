@@ -23,8 +23,11 @@ class ModelConfig:
     """A decoder-only GPT (megatron-core GPTModel). Defaults: GPT-2 small with RoPE."""
 
     num_layers: int = 12
+    """Transformer layers (Megatron's --num-layers)."""
     hidden_size: int = 768
+    """Model width: embedding and residual stream size."""
     num_attention_heads: int = 12
+    """Query heads; must divide hidden_size and be a multiple of parallel.tensor_parallel."""
     num_query_groups: int | None = None
     """Key/value heads for grouped-query attention; None = one per attention head."""
     ffn_hidden_size: int | None = None
@@ -34,16 +37,27 @@ class ModelConfig:
     vocab_size: int = 50257
     """Tokenizer vocabulary; the embedding is padded to padded_vocab_size(tp)."""
     make_vocab_size_divisible_by: int = 128
+    """Pad the embedding to a multiple of this times tensor_parallel (Megatron's rule)."""
     position_embedding: str = "rope"
+    """rope (rotary) or learned_absolute (a learned table of seq_length positions)."""
     rotary_base: int = 10000
+    """RoPE base frequency theta."""
     normalization: str = "LayerNorm"
+    """LayerNorm or RMSNorm."""
     layernorm_epsilon: float = 1e-5
+    """Epsilon of every normalisation layer."""
     activation: str = "gelu"
+    """MLP activation: gelu, or swiglu (gated; two input projections)."""
     add_bias_linear: bool = True
+    """Biases on every linear layer (GPT-2 style); false for Llama style."""
     hidden_dropout: float = 0.0
+    """Dropout probability on the residual branches."""
     attention_dropout: float = 0.0
+    """Dropout probability on the attention weights."""
     init_method_std: float = 0.02
+    """Standard deviation of the normal weight initialisation."""
     tie_embeddings: bool = True
+    """Share the input embedding with the output layer."""
     transformer_impl: str = "auto"
     """auto: Transformer Engine layers when importable on CUDA, else megatron's local layers;
     local: always megatron's local layers; transformer_engine: require TE."""

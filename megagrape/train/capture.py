@@ -43,9 +43,9 @@ import torch
 import torch.distributed as dist
 
 from megagrape import parallel
+from megagrape.data.microbatches import MicroBatch, collate
 from megagrape.data.sampler import GlobalBatch
 from megagrape.errors import ConfigError
-from megagrape.microbatches import MicroBatch, collate
 from megagrape.model import ModelConfig, build_model, token_losses
 from megagrape.model.params import counts_once
 from megagrape.ops import gram_matrix

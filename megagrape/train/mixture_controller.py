@@ -26,13 +26,18 @@ from tqdm import tqdm
 from megagrape import parallel
 from megagrape.checkpoint import write_json_atomic
 from megagrape.config import RunConfig
+from megagrape.data.microbatches import MicroBatch, plan_microbatches
 from megagrape.data.sampler import GlobalBatch, MixtureSampler
 from megagrape.data.training_data import TrainingData
 from megagrape.errors import ConfigError
-from megagrape.microbatches import MicroBatch, plan_microbatches
-from megagrape.mixture import MixtureUpdate, Observation, TimeAverage, build_method
+from megagrape.mixture import (
+    MixtureUpdate,
+    Observation,
+    TimeAverage,
+    build_method,
+    hybrid_loss_weights,
+)
 from megagrape.mixture.registry import method_class
-from megagrape.mixture import hybrid_loss_weights as hybrid_weights
 from megagrape.mixture.static import load_weights_file, natural_weights
 from megagrape.reference import ReferenceModel
 from megagrape.train.capture import CapturedGradients, CaptureSettings, GradientCapture
@@ -40,6 +45,17 @@ from megagrape.train.capture import capture_mode as select_capture_mode
 from megagrape.train.step_stats import StepRecord
 
 DOMAIN_GRADIENT_NEEDS = frozenset({"domain_target_gram", "domain_gram"})
+CAPTURE_NEEDS = DOMAIN_GRADIENT_NEEDS | {"target_losses"}
+
+
+def needs_gradient_capture(method) -> bool:
+    """True when the method's observations need per-domain or per-target gradients/losses."""
+    return bool(method.needs & CAPTURE_NEEDS)
+
+
+def needs_reference(method) -> bool:
+    """True when the method needs DoReMi's reference model (excess losses)."""
+    return "domain_excess_losses" in method.needs
 
 
 def resolve_weights_spec(
@@ -55,6 +71,32 @@ def resolve_weights_spec(
             f"{field_name}={spec!r} is not 'uniform', 'natural' or an existing weights file"
         )
     return load_weights_file(spec, names).numpy()
+
+
+def build_mixture_method(
+    cfg: RunConfig, domain_names: list[str], task_names: list[str], token_counts: list[int]
+):
+    """The run's reweighting method, started at ``mixture.initial`` (ConfigError naming fields).
+
+    The same call serves the pre-flight check (which needs ``method.needs`` before any
+    process group) and the controller, so both see the same method.
+    """
+    mix = cfg.mixture
+    initial = (
+        torch.from_numpy(
+            resolve_weights_spec(mix.initial, domain_names, token_counts, "mixture.initial")
+        )
+        if method_class(mix.method).takes_initial_weights
+        else None
+    )
+    return build_method(
+        mix.method,
+        mix.options,
+        domain_names=domain_names,
+        task_names=task_names,
+        initial_weights=initial,
+        domain_token_counts=token_counts,
+    )
 
 
 @dataclass
@@ -161,19 +203,7 @@ class MixtureController:
         """
         mix = cfg.mixture
         names, counts = data.domain_names, data.token_counts
-        initial = (
-            torch.from_numpy(resolve_weights_spec(mix.initial, names, counts, "mixture.initial"))
-            if method_class(mix.method).takes_initial_weights
-            else None
-        )
-        method = build_method(
-            mix.method,
-            mix.options,
-            domain_names=names,
-            task_names=data.task_names,
-            initial_weights=initial,
-            domain_token_counts=counts,
-        )
+        method = build_mixture_method(cfg, names, data.task_names, counts)
         sampling = (
             resolve_weights_spec(mix.sampling, names, counts, "mixture.sampling")
             if mix.apply == "loss"
@@ -201,11 +231,11 @@ class MixtureController:
             schedule=plain,
             event_schedule="by_domain" if schedule == "auto" and needs_domain_grads else plain,
         )
-        if "domain_excess_losses" in method.needs:
+        if needs_reference(method):
             controller.reference = ReferenceModel(
                 cfg, env, mix.reference_checkpoint, data.tokenizer.fingerprint
             )
-        if needs_domain_grads or "target_losses" in method.needs:
+        if needs_gradient_capture(method):
             controller.capture = GradientCapture(
                 needs=method.needs,
                 mode=select_capture_mode(
@@ -225,9 +255,7 @@ class MixtureController:
         """Whether optimizer step ``step`` (0-based) ends in a reweighting event."""
         mix = self.cfg.mixture
         return (
-            self.method.reweights
-            and step + 1 > mix.warmup_steps
-            and (step + 1) % mix.interval == 0
+            self.method.reweights and step + 1 > mix.warmup_steps and (step + 1) % mix.interval == 0
         )
 
     def plan_step(self, step: int) -> StepPlan:
@@ -311,7 +339,9 @@ class MixtureController:
         self.event_acc.reset()
         seconds = time.perf_counter() - started + (observed.seconds if observed else 0.0)
         if update.skipped and self.env.rank == 0:
-            tqdm.write(f"[megagrape] step {steps_done}: reweighting event skipped: {update.skipped}")
+            tqdm.write(
+                f"[megagrape] step {steps_done}: reweighting event skipped: {update.skipped}"
+            )
         return MixtureEvent(
             step=steps_done,
             consumed_samples=self.sampler.consumed_samples,
@@ -331,7 +361,7 @@ class MixtureController:
         """[K] factor on each domain's loss under apply: loss (alpha / s), None when sampling."""
         if self.sampling is None:
             return None
-        return hybrid_weights(self.method.domain_weights, torch.from_numpy(self.sampling))
+        return hybrid_loss_weights(self.method.domain_weights, torch.from_numpy(self.sampling))
 
     def domain_loss_scale(self) -> np.ndarray:
         """float64 [K] factor on each domain's per-sample loss in this step (1 when sampling)."""

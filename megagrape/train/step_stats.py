@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from megagrape.microbatches import MicroBatch
+from megagrape.data.microbatches import MicroBatch
 
 
 @dataclass

@@ -86,8 +86,7 @@ class Trainer:
 
     @property
     def checkpoint_root(self) -> Path:
-        directory = self.cfg.checkpoint.dir
-        return Path(directory) if directory else self.run_dir / "checkpoints"
+        return self.cfg.checkpoint_root
 
     def callback(self, kind: type[Callback]) -> Callback:
         """The run's callback of class ``kind`` (KeyError naming it when there is none)."""
@@ -121,7 +120,9 @@ class Trainer:
             bar.update(1)
             self.done = self.step == iters
             self.exiting = (
-                not self.done and exit_interval > 0 and (self.step - started_at) % exit_interval == 0
+                not self.done
+                and exit_interval > 0
+                and (self.step - started_at) % exit_interval == 0
             )
             for callback in self.callbacks:
                 callback.on_step_end(self, record)

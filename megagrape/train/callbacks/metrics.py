@@ -118,8 +118,6 @@ class MetricsCallback(Callback):
             )
         if observed is not None and observed.target_losses is not None:
             losses = observed.target_losses.tolist()
-            scalars.update(
-                {f"target/{n}/signal_loss": v for n, v in zip(event.task_names, losses)}
-            )
+            scalars.update({f"target/{n}/signal_loss": v for n, v in zip(event.task_names, losses)})
         scalars["mixture/reweight_time_s"] = event.seconds
         trainer.metrics.scalars(event.step, scalars)
