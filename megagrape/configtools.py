@@ -181,6 +181,7 @@ def field_docstrings(cls: type) -> dict[str, str]:
     """
     import ast
     import inspect
+    import itertools
     import textwrap
 
     docs: dict[str, str] = {}
@@ -192,7 +193,7 @@ def field_docstrings(cls: type) -> dict[str, str]:
         except (OSError, TypeError):
             continue
         body = ast.parse(source).body[0].body
-        for node, following in zip(body, body[1:]):
+        for node, following in itertools.pairwise(body):
             if (
                 isinstance(node, ast.AnnAssign)
                 and isinstance(node.target, ast.Name)

@@ -11,8 +11,8 @@ import inspect
 
 from megagrape.configtools import field_docstrings
 from megagrape.mixture.base import MixtureContext, uniform
-from megagrape.mixture.registry import KNOWN_METHODS, method_class, options_class
 from megagrape.mixture.options import parse_options
+from megagrape.mixture.registry import KNOWN_METHODS, method_class, options_class
 
 NEED_MEANINGS = {
     "domain_target_gram": "per-domain x per-target gradient products (gradient capture)",
