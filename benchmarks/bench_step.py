@@ -28,7 +28,7 @@ import torch
 from trainer_bench import start_trainer
 
 from megagrape import parallel
-from megagrape.microbatches import collate, plan_microbatches
+from megagrape.data.microbatches import collate, plan_microbatches
 from megagrape.model import token_losses
 
 

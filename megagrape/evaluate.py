@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from megagrape.data.targets import TargetTask, collate_eval
+from megagrape.data.target_encoding import collate_eval
+from megagrape.data.targets import TargetTask
 from megagrape.model import pipeline_batch, pipeline_loss_fn, token_losses
 
 

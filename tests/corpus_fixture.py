@@ -19,7 +19,7 @@ import sysconfig
 from pathlib import Path
 
 from megagrape.data.preprocess import preprocess_domains
-from megagrape.data.tokenizer import train_bpe
+from megagrape.data.tokenizer_build import train_bpe
 
 DOMAIN_BYTES = 300_000
 VOCAB = 2048

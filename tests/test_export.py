@@ -245,7 +245,7 @@ def test_zero3_checkpoint_is_rebuilt_from_partitions(env, tmp_path):
 def test_tokenizer_export_matches_megagrape_and_sets_eos(env, tmp_path):
     from transformers import AutoConfig, AutoTokenizer
 
-    from megagrape.data.tokenizer import train_bpe
+    from megagrape.data.tokenizer_build import train_bpe
     from megagrape.export import export_hf
 
     tokenizer = train_bpe([write_tiny_corpus(tmp_path / "corpus.jsonl")], vocab_size=300)
@@ -322,7 +322,7 @@ def test_verify_reports_a_small_difference(env, tmp_path):
 
 def test_cli_exports_newest_checkpoint_with_run_tokenizer(env, tmp_path, capsys, monkeypatch):
     from megagrape.config import RunConfig, save_config
-    from megagrape.data.tokenizer import train_bpe
+    from megagrape.data.tokenizer_build import train_bpe
     from tools import export_hf as cli
 
     train_bpe([write_tiny_corpus(tmp_path / "corpus.jsonl")], vocab_size=260).save(
@@ -410,7 +410,7 @@ def test_bad_checkpoint_inputs_are_named(env, tmp_path):
 
 
 def test_tokenizer_larger_than_the_model_vocabulary_is_refused(env, tmp_path):
-    from megagrape.data.tokenizer import train_bpe
+    from megagrape.data.tokenizer_build import train_bpe
     from megagrape.export import export_hf
 
     train_bpe([write_tiny_corpus(tmp_path / "c.jsonl")], vocab_size=300).save(tmp_path / "tok")

@@ -57,7 +57,7 @@ def _sharded_capture(rank, world_size, corpus, out, ds_path, overrides):
 def _reference(rank, world_size, corpus, out):
     """Full-model gradients of the same step-0 batch and signal batches, by plain autograd."""
     from megagrape import parallel
-    from megagrape.microbatches import MicroBatch, collate
+    from megagrape.data.microbatches import MicroBatch, collate
     from megagrape.model import build_model, token_losses
 
     trainer, env = _trainer(corpus, out, "ref", "configs/ds/zero0.json", GRAPE)

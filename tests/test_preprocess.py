@@ -18,7 +18,8 @@ from megagrape.data.preprocess import (
     preprocess_file,
     read_sidecar,
 )
-from megagrape.data.tokenizer import Tokenizer, train_bpe
+from megagrape.data.tokenizer import Tokenizer
+from megagrape.data.tokenizer_build import train_bpe
 from megagrape.errors import DataError
 from tests.data_utils import synthetic_texts, write_domains, write_jsonl
 from tools import preprocess_data as cli

@@ -9,16 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from megagrape.data.targets import (
-    EvalRequest,
-    MCItem,
-    TargetTask,
-    collate_eval,
-    load_target,
-    load_targets,
-    target_name,
-)
-from megagrape.data.tokenizer import train_bpe
+from megagrape.data.target_encoding import EvalRequest, collate_eval
+from megagrape.data.target_formats import MCItem, target_name
+from megagrape.data.targets import TargetTask, load_target, load_targets
+from megagrape.data.tokenizer_build import train_bpe
 from megagrape.errors import DataError
 from tests.data_utils import synthetic_texts, write_domains, write_jsonl
 

@@ -20,11 +20,9 @@ from megagrape.data.tokenizer import (
     TiktokenTokenizer,
     Tokenizer,
     check_vocab_fits,
-    gpt2_tokenizer,
-    resolve_tokenizer,
     sha256_file,
-    train_bpe,
 )
+from megagrape.data.tokenizer_build import gpt2_tokenizer, resolve_tokenizer, train_bpe
 from megagrape.errors import DataError
 from tests.data_utils import synthetic_texts, write_domains
 

@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from megagrape.data.preprocess import domain_files, preprocess_domains, read_sidecar
-from megagrape.data.tokenizer import resolve_tokenizer
+from megagrape.data.tokenizer_build import resolve_tokenizer
 from megagrape.errors import DataError
 
 

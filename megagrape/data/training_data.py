@@ -24,7 +24,8 @@ from megagrape.data.domains import (
     discover_domains,
     validate_prefix,
 )
-from megagrape.data.targets import TargetTask, load_targets, target_name
+from megagrape.data.target_formats import target_name
+from megagrape.data.targets import TargetTask, load_targets
 from megagrape.data.tokenizer import Tokenizer, check_vocab_fits
 from megagrape.errors import ConfigError
 
