@@ -61,6 +61,29 @@ def resolve_ds_config(
                 f"{source} has an '{key}' block; megagrape builds the optimizer and lr schedule from "
                 f"the run config's train section (train.lr, train.weight_decay, ...): remove '{key}'"
             )
+    _reconcile_batch_sizes(out, cfg, world_size, source)
+    clip = out.get("gradient_clipping")
+    if _is_set(clip) and float(clip) != cfg.train.clip_grad:
+        raise ConfigError(
+            f"{source}: gradient_clipping={clip} contradicts train.clip_grad={cfg.train.clip_grad}; "
+            "set one of them (the run config's train.clip_grad is used when the DeepSpeed config omits it)"
+        )
+    out["gradient_clipping"] = cfg.train.clip_grad
+    _resolve_precision(out, device, source)
+    _check_zero(out, pipeline, source)
+    # megagrape drives gradient accumulation itself (variable domain-pure micro-batch rounds), so
+    # backward() only accumulates and step() is the boundary. DeepSpeed's pipeline engine runs its
+    # own schedule and needs managed accumulation.
+    out["managed_gradient_accumulation"] = pipeline
+    out.setdefault("steps_per_print", 10**9)
+    out.setdefault("wall_clock_breakdown", False)
+    return out
+
+
+def _reconcile_batch_sizes(
+    out: dict[str, Any], cfg: RunConfig, world_size: int, source: str
+) -> None:
+    """Fill the three batch-size keys from the run config; a contradicting value is an error."""
     dp = cfg.data_parallel_size(world_size)
     mbs = cfg.train.micro_batch_size
     gas = cfg.gradient_accumulation_steps(world_size)
@@ -83,14 +106,9 @@ def resolve_ds_config(
             )
         out[key] = value
 
-    clip = out.get("gradient_clipping")
-    if _is_set(clip) and float(clip) != cfg.train.clip_grad:
-        raise ConfigError(
-            f"{source}: gradient_clipping={clip} contradicts train.clip_grad={cfg.train.clip_grad}; "
-            "set one of them (the run config's train.clip_grad is used when the DeepSpeed config omits it)"
-        )
-    out["gradient_clipping"] = cfg.train.clip_grad
 
+def _resolve_precision(out: dict[str, Any], device: torch.device, source: str) -> None:
+    """bf16 "auto" -> on where the device supports it; fp16 only on CUDA."""
     bf16 = out.setdefault("bf16", {})
     if bf16.get("enabled", "auto") == "auto":
         bf16["enabled"] = _bf16_available(device)
@@ -104,6 +122,9 @@ def resolve_ds_config(
             f"{source}: fp16.enabled=true needs a CUDA device; this run is on {device}"
         )
 
+
+def _check_zero(out: dict[str, Any], pipeline: bool, source: str) -> None:
+    """The ZeRO stage and the options megagrape's own gradient accumulation allows with it."""
     zero = out.setdefault("zero_optimization", {"stage": 0})
     stage = zero.get("stage", 0)
     if stage not in (0, 1, 2, 3):
@@ -119,13 +140,6 @@ def resolve_ds_config(
             "accumulation itself (DeepSpeed's managed_gradient_accumulation=false), which supports "
             "overlap_comm only with stage 2 or 3: remove overlap_comm or use stage 2"
         )
-    # megagrape drives gradient accumulation itself (variable domain-pure micro-batch rounds), so
-    # backward() only accumulates and step() is the boundary. DeepSpeed's pipeline engine runs its
-    # own schedule and needs managed accumulation.
-    out["managed_gradient_accumulation"] = pipeline
-    out.setdefault("steps_per_print", 10**9)
-    out.setdefault("wall_clock_breakdown", False)
-    return out
 
 
 def zero_stage(ds: dict[str, Any]) -> int:

@@ -221,32 +221,13 @@ class GradientCapture:
         from_training = [d for d in usable if self.mode == "linear" and d in self.rounds_seen]
         probe_domains = [d for d in range(k) if d not in from_training]
 
-        gram_rows: dict[int, torch.Tensor] = {}
-        domain_vectors: dict[int, list[torch.Tensor]] = {}
+        gram_rows: dict[int, torch.Tensor] = {}  # domain -> [N] float64 row of G
+        domain_vectors: dict[int, list[torch.Tensor]] = {}  # domain -> its gradient slots
         if from_training:
             scale = {d: local_size / (counts[d] * loss_scale[d]) for d in from_training}
-            if self.want_targets:
-                summed = self.products.clone().to(env.device)
-                dist.all_reduce(summed)  # over DP x TP: local grads, counted slots
-                for d in from_training:
-                    gram_rows[d] = summed[d].cpu() * scale[d]
-            if self.want_domain_gram:
-                for d in from_training:
-                    vector = self.domain_vectors[d]
-                    flat = _all_reduce_sum(vector, self.dp_group)
-                    domain_vectors[d] = [v * scale[d] for v in flat]
+            self._rows_from_training(scale, gram_rows, domain_vectors)
         probes_started = time.perf_counter()
-        for d in probe_domains:
-            grads = self._probe_domain(batch, d, int(next_unconsumed[d]))
-            if self.want_targets:
-                gram_rows[d] = self._target_products(grads)
-            if self.want_domain_gram:
-                domain_vectors[d] = grads
-        if probe_domains and self.want_targets:
-            stacked = torch.stack([gram_rows[d] for d in probe_domains]).to(env.device)
-            dist.all_reduce(stacked, group=self.mp_group)  # DP ranks hold identical reduced vectors
-            for i, d in enumerate(probe_domains):
-                gram_rows[d] = stacked[i].cpu()
+        self._rows_from_probes(batch, probe_domains, next_unconsumed, gram_rows, domain_vectors)
         probe_seconds = time.perf_counter() - probes_started
 
         domain_target_gram = (
@@ -271,6 +252,45 @@ class GradientCapture:
         return result
 
     # ------------------------------------------------------------------ pieces
+    def _rows_from_training(
+        self,
+        scale: dict[int, float],
+        gram_rows: dict[int, torch.Tensor],
+        domain_vectors: dict[int, list[torch.Tensor]],
+    ) -> None:
+        """Linear mode: rows of the domains read from the training rounds, scaled from summed
+        per-sample gradients to the gradient of the domain's mean loss (``scale`` per domain)."""
+        if self.want_targets:
+            summed = self.products.clone().to(self.env.device)
+            dist.all_reduce(summed)  # over DP x TP: local grads, counted slots
+            for d, factor in scale.items():
+                gram_rows[d] = summed[d].cpu() * factor
+        if self.want_domain_gram:
+            for d, factor in scale.items():
+                flat = _all_reduce_sum(self.domain_vectors[d], self.dp_group)
+                domain_vectors[d] = [v * factor for v in flat]
+
+    def _rows_from_probes(
+        self,
+        batch: GlobalBatch,
+        domains: list[int],
+        next_unconsumed: np.ndarray,
+        gram_rows: dict[int, torch.Tensor],
+        domain_vectors: dict[int, list[torch.Tensor]],
+    ) -> None:
+        """Rows of ``domains`` from probe backward passes on the shadow module."""
+        for d in domains:
+            grads = self._probe_domain(batch, d, int(next_unconsumed[d]))
+            if self.want_targets:
+                gram_rows[d] = self._target_products(grads)
+            if self.want_domain_gram:
+                domain_vectors[d] = grads
+        if domains and self.want_targets:
+            stacked = torch.stack([gram_rows[d] for d in domains]).to(self.env.device)
+            dist.all_reduce(stacked, group=self.mp_group)  # DP ranks hold identical reduced vectors
+            for i, d in enumerate(domains):
+                gram_rows[d] = stacked[i].cpu()
+
     def _counted(self, vector: list[torch.Tensor]) -> list[torch.Tensor]:
         return [t for t, keep in zip(vector, self.counted) if keep]
 
