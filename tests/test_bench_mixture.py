@@ -10,9 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from megagrape.bench import runs as bench_runs
-from megagrape.bench.analysis import analyse
-from megagrape.bench.efficiency import (
+from megagrape.errors import ConfigError
+from megagrape.experiments import runs as bench_runs
+from megagrape.experiments.analysis import analyse
+from megagrape.experiments.benchmark_spec import parse_methods, parse_seeds, plan_benchmark
+from megagrape.experiments.efficiency import (
     Curve,
     Spread,
     first_crossing,
@@ -20,10 +22,8 @@ from megagrape.bench.efficiency import (
     seed_band,
     token_efficiency,
 )
-from megagrape.bench.report import write_outputs
-from megagrape.bench.runs import RunJob, run_jobs
-from megagrape.bench.spec import parse_methods, parse_seeds, plan_benchmark
-from megagrape.errors import ConfigError
+from megagrape.experiments.report import write_outputs
+from megagrape.experiments.runs import RunJob, run_jobs
 
 TOKENS = np.arange(1, 11, dtype=np.float64) * 1000.0  # 10 evaluation points, 1k..10k tokens
 
@@ -136,7 +136,7 @@ def test_seed_band_is_mean_min_max():
 
 
 def synthetic_result(method: str, seed: int, slope: float, alpha: dict | None) -> dict:
-    """A result document as megagrape.bench.runs.build_result writes it."""
+    """A result document as megagrape.experiments.runs.build_result writes it."""
     a = 9.0 - slope * TOKENS / 1000
     b = 8.0 - 0.5 * slope * TOKENS / 1000
     return {

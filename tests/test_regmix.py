@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from megagrape import regmix
-from megagrape.bench.proxies import objective_value, plan_proxies
 from megagrape.errors import ConfigError
+from megagrape.experiments import regmix
+from megagrape.experiments.regmix_proxies import objective_value, plan_proxies
 
 PRIOR = np.array([0.55, 0.25, 0.12, 0.06, 0.02])
 REPO = Path(__file__).resolve().parents[1]

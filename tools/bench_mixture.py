@@ -28,7 +28,7 @@ from megagrape.errors import ConfigError, DataError
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    from megagrape.bench.spec import DEFAULT_METHODS, METHODS, PRESETS, SCALES
+    from megagrape.experiments.benchmark_spec import DEFAULT_METHODS, METHODS, PRESETS, SCALES
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -135,16 +135,16 @@ def _settings(plan, workers: int, threads: int, wall: float | None, estimate: fl
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    from megagrape.bench.analysis import analyse
-    from megagrape.bench.report import markdown, write_outputs
-    from megagrape.bench.runs import load_result, run_jobs
-    from megagrape.bench.spec import (
+    from megagrape.experiments.analysis import analyse
+    from megagrape.experiments.benchmark_spec import (
         estimate_seconds,
         parse_method_overrides,
         parse_methods,
         parse_seeds,
         plan_benchmark,
     )
+    from megagrape.experiments.report import markdown, write_outputs
+    from megagrape.experiments.runs import load_result, run_jobs
 
     try:
         methods = parse_methods(args.methods)

@@ -4,8 +4,8 @@
     python tools/regmix.py ... --objective worst          # or mean (default) or one target, e.g. sciq
     python tools/bench_mixture.py --methods uniform,file --weights-file runs/regmix/regmix_weights.json
 
-Steps (megagrape/regmix.py has the rules): mixtures are drawn around the domains' token
-shares with RegMix's sharpening, strength grid, usage bound and rounding; each proxy is a
+Steps (megagrape/experiments/regmix.py has the rules): mixtures are drawn around the domains'
+token shares with RegMix's sharpening, strength grid, usage bound and rounding; each proxy is a
 short static-mixture run (constant lr after warmup) whose final gold-continuation target loss
 is recorded; a regressor (LightGBM when importable, else leave-one-out-tuned ridge on the
 weights and their logs) maps mixture -> loss; the average of the top-k of many Dirichlet
@@ -93,10 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     import numpy as np
 
-    from megagrape import regmix
-    from megagrape.bench.proxies import corpus_domains, objective_value, plan_proxies
-    from megagrape.bench.runs import run_jobs, write_json_atomic
-    from megagrape.bench.spec import resolve_corpus
+    from megagrape.experiments import regmix
+    from megagrape.experiments.benchmark_spec import resolve_corpus
+    from megagrape.experiments.regmix_proxies import corpus_domains, objective_value, plan_proxies
+    from megagrape.experiments.runs import run_jobs, write_json_atomic
 
     out = Path(args.out).resolve()
     try:

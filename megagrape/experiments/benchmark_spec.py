@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from megagrape.bench.runs import RunJob
 from megagrape.errors import ConfigError
+from megagrape.experiments.runs import RunJob
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -7,8 +7,12 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from megagrape.bench.analysis import BASELINE, TARGET_RATIO, Analysis, curves_by_method
-from megagrape.bench.plots import plot_final_alpha, plot_summary_losses, plot_target_losses
+from megagrape.experiments.analysis import BASELINE, TARGET_RATIO, Analysis, curves_by_method
+from megagrape.experiments.benchmark_plots import (
+    plot_final_alpha,
+    plot_summary_losses,
+    plot_target_losses,
+)
 
 FIGURES = {
     "target_loss": "target_loss.png",

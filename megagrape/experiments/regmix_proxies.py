@@ -14,15 +14,15 @@ from pathlib import Path
 
 import numpy as np
 
-from megagrape.bench.runs import RunJob
-from megagrape.bench.spec import (
+from megagrape.errors import ConfigError
+from megagrape.experiments.benchmark_spec import (
     SCALES,
     base_config_path,
     common_overrides,
     resolve_ds_config,
     yaml_value,
 )
-from megagrape.errors import ConfigError
+from megagrape.experiments.runs import RunJob
 
 OBJECTIVES = ("mean", "worst")
 """Besides these, an objective may name one target."""

@@ -1,6 +1,6 @@
 """From run results to the benchmark's numbers: curves, seed-paired token efficiency, finals.
 
-A result is the dict ``megagrape.bench.runs.build_result`` writes: ``method``, ``seed``,
+A result is the dict ``megagrape.experiments.runs.build_result`` writes: ``method``, ``seed``,
 ``curve`` (``tokens`` [P] and ``loss`` {target: [P]}), ``final`` ({target: {acc, acc_norm,
 loss}}), ``final_alpha`` ({domain: w}), ``seconds``, ``tokens``.
 """
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from megagrape.bench.efficiency import SUMMARIES, Curve, Spread, paired_spread
+from megagrape.experiments.efficiency import SUMMARIES, Curve, Spread, paired_spread
 
 BASELINE = "uniform"
 TARGET_RATIO = 0.6

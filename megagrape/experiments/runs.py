@@ -98,7 +98,7 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 
 def build_result(job: RunJob, cfg, summary: dict, seconds: float, fingerprint: str) -> dict:
-    """The result document of a finished run (see module docstring of megagrape.bench)."""
+    """The result document of a finished run (see the module docstring of megagrape.experiments.analysis)."""
     tokens_per_step = cfg.train.global_batch_size * cfg.model.seq_length
     evals = summary["history"]["eval"]
     targets = list(evals[-1]["results"]) if evals else []

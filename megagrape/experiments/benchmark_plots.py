@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from megagrape.bench.efficiency import Curve, seed_band
+from megagrape.experiments.efficiency import Curve, seed_band
 
 PALETTE = {
     "uniform": "#000000",
