@@ -192,7 +192,8 @@ class TrainConfig:
     min_lr: float = 1e-4
     """Learning rate at the end of the decay (step lr_decay_iters) and on every step after it."""
     lr_warmup_iters: int = 0
-    """Steps of linear warmup: step s < lr_warmup_iters (0-based) uses lr * (s + 1) / lr_warmup_iters."""
+    """Steps of linear warmup: step s < lr_warmup_iters (0-based) trains at lr * (s + 1) /
+    lr_warmup_iters."""
     lr_decay_style: str = "cosine"
     """Decay from lr to min_lr over progress p = (s - lr_warmup_iters) / (lr_decay_iters -
     lr_warmup_iters) in [0, 1]: constant (lr all run), linear, cosine (0.5 * (1 + cos(pi p))),
