@@ -5,10 +5,11 @@ import json
 import pytest
 import torch
 
-from megagrape.config import RunConfig, load_config, save_config
+from megagrape.config import RunConfig, load_config, resolved_dict, save_config
 from megagrape.configtools import apply_overrides, from_dict
 from megagrape.ds_config import read_ds_config, resolve_ds_config
 from megagrape.errors import ConfigError
+from megagrape.mixture.grape import GrapeOptions
 
 
 def write_yaml(tmp_path, text):
@@ -97,8 +98,12 @@ def test_config_round_trips_through_yaml(tmp_path):
     cfg = load_config(None, ["name=rt", "mixture.method=grape", "mixture.options={mu_a: 0.5}"])
     save_config(cfg, tmp_path / "c.yaml")
     again = load_config(tmp_path / "c.yaml")
-    assert again == cfg
-    assert again.mixture.options == {"mu_a": 0.5}
+    # the file records the method's defaults too; every field, options included, survives
+    assert again.to_dict() == resolved_dict(cfg)
+    assert resolved_dict(again) == resolved_dict(cfg)
+    assert again.mixture.options["mu_a"] == 0.5
+    assert again.mixture.options["mu_z"] == GrapeOptions().mu_z
+    assert again.train == cfg.train and again.model == cfg.model
 
 
 def test_apply_overrides_creates_sections():

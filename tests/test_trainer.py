@@ -169,3 +169,54 @@ def test_resume_at_a_different_data_parallel_size_continues_the_stream(test_corp
     # Same samples at the same steps with one rank instead of two: the same losses up to the
     # order of floating-point sums.
     np.testing.assert_allclose(first[0]["loss"] + resumed["loss"], full[0]["loss"], rtol=1e-4)
+
+
+def _with_recording_callback(rank, world_size, corpus, out):
+    from megagrape import parallel
+    from megagrape.ds_config import read_ds_config, resolve_ds_config
+    from megagrape.train import build_trainer
+    from megagrape.train.callbacks import Callback, default_callbacks
+
+    class Recorder(Callback):
+        """A behaviour added from outside: the loop is not edited to call it."""
+
+        def __init__(self) -> None:
+            self.calls: list[tuple] = []
+
+        def on_train_start(self, trainer) -> None:
+            self.calls.append(("start", trainer.step))
+
+        def on_step_end(self, trainer, record) -> None:
+            self.calls.append(("step", trainer.step, trainer.done, round(record.loss, 6)))
+
+        def on_event(self, trainer, event) -> None:
+            self.calls.append(("event", event.step, sorted(event.update.domain_weights.tolist())))
+
+        def on_train_end(self, trainer) -> None:
+            self.calls.append(("end", trainer.step))
+
+    cfg = tiny_config(
+        corpus, out, "cb", "mixture.method=odm", "mixture.interval=3", "train.train_iters=6"
+    )
+    env = parallel.init_distributed(cfg.parallel, cfg.seed)
+    ds = resolve_ds_config(
+        read_ds_config("configs/ds/zero0.json"), cfg, env.world_size, env.device, pipeline=False
+    )
+    recorder = Recorder()
+    summary = build_trainer(cfg, ds, env, callbacks=[*default_callbacks(), recorder]).train()
+    parallel.destroy_distributed()
+    return {"calls": recorder.calls, "loss": summary["history"]["loss"]}
+
+
+def test_a_new_callback_sees_every_step_and_event_without_editing_the_loop(test_corpus, tmp_path):
+    result = run_distributed(_with_recording_callback, 1, args=(test_corpus, tmp_path))[0]
+    calls = result["calls"]
+    assert calls[0] == ("start", 0) and calls[-1] == ("end", 6)
+    steps = [c for c in calls if c[0] == "step"]
+    assert [c[1] for c in steps] == [1, 2, 3, 4, 5, 6]
+    assert [c[2] for c in steps] == [False] * 5 + [True]
+    assert [c[3] for c in steps] == [round(x, 6) for x in result["loss"]]
+    events = [c for c in calls if c[0] == "event"]
+    assert [e[1] for e in events] == [3, 6]
+    # an event is reported inside its step, before that step's on_step_end
+    assert calls.index(events[0]) == calls.index(steps[2]) - 1
