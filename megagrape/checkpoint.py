@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from megagrape.errors import ConfigError
+from megagrape.utils.atomic import write_atomic, write_json_atomic
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 COMPLETE_FILE = "COMPLETE.json"
@@ -43,15 +44,6 @@ class CheckpointInfo:
 
 def step_dir_name(step: int) -> str:
     return f"step_{step:06d}"
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as handle:
-        json.dump(data, handle, indent=1)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def _list_files(root: Path) -> dict[str, int]:
@@ -154,8 +146,7 @@ def finalize_save(partial: Path, final: Path, step: int, world_size: int, root: 
     if final.exists():
         shutil.rmtree(final)
     os.replace(partial, final)
-    (root / "latest.tmp").write_text(final.name + "\n")
-    os.replace(root / "latest.tmp", root / "latest")
+    write_atomic(root / "latest", final.name + "\n")
 
 
 def apply_retention(root: Path, keep_last: int, keep: Path | None = None) -> None:

@@ -8,7 +8,6 @@ unknown keys get the nearest valid name as a suggestion.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import types
 import typing
@@ -17,14 +16,15 @@ from typing import Any, TypeVar, Union
 import yaml
 
 from megagrape.errors import ConfigError
+from megagrape.utils.names import did_you_mean
 
 T = TypeVar("T")
 
 
 def nearest_name(name: str, candidates: typing.Iterable[str]) -> str:
     """Return ' (did you mean X?)' for the closest candidate, or '' when nothing is close."""
-    match = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.5)
-    return f" (did you mean '{match[0]}'?)" if match else ""
+    hint = did_you_mean(name, candidates)
+    return f" ({hint})" if hint else ""
 
 
 def _type_name(tp: Any) -> str:

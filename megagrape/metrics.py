@@ -97,10 +97,6 @@ def truncate_jsonl(path: Path, keep_through_step: int) -> None:
     path.write_text("".join(line + "\n" for line in kept))
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-
-
 # Dense bf16 peak of common accelerators (FLOP/s), for MFU; unknown devices report no MFU.
 _PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12}
 

@@ -24,6 +24,7 @@ from megagrape.experiments.efficiency import (
 )
 from megagrape.experiments.report import write_outputs
 from megagrape.experiments.runs import RunJob, run_jobs
+from megagrape.utils.atomic import write_json_atomic
 
 TOKENS = np.arange(1, 11, dtype=np.float64) * 1000.0  # 10 evaluation points, 1k..10k tokens
 
@@ -214,7 +215,7 @@ def test_jobs_resume_from_result_files_and_respect_requirements(tmp_path, monkey
         if job.name == "broken":
             raise RuntimeError("boom")
         result = {"name": job.name, "fingerprint": job.fingerprint()}
-        bench_runs.write_json_atomic(Path(job.result_path), result)
+        write_json_atomic(Path(job.result_path), result)
         return result
 
     monkeypatch.setattr(bench_runs, "execute_job", fake_execute)

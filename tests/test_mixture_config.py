@@ -129,8 +129,8 @@ def test_options_must_be_a_mapping_and_classes_are_exposed():
     [
         ([1.0], "has 1 entries but the run has 2 domains"),
         ([0.5, 0.6], "sum to 1.1"),
-        ([1.5, -0.5], "'code' is -0.5"),
-        ([float("nan"), 1.0], "'web' is nan"),
+        ([1.5, -0.5], r"'code' \(index 1\) is -0.5"),
+        ([float("nan"), 1.0], r"'web' \(index 0\) is nan"),
     ],
 )
 def test_bad_initial_weights(weights, message):

@@ -85,7 +85,7 @@ def test_two_stage_workflow_reads_the_proxy_time_average(tmp_path):
         ('{"arxiv": 0.5, "github": 0.5}', "no weight for domains ['wiki']"),
         ("[0.5, 0.5]", "lists 2 weights but the run has 3 domains"),
         ("[0.2, 0.3, 0.6]", "sum to 1.1"),
-        ("[0.2, -0.3, 1.1]", "'github' is -0.3"),
+        ("[0.2, -0.3, 1.1]", r"'github' \(index 1\) is -0.3"),
         ('{"train_dw": "0.2,x,0.5"}', "must hold numbers"),
         ("{not json", "not valid JSON"),
         ('"text"', "must hold a list of weights"),

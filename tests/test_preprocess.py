@@ -11,7 +11,6 @@ from megatron.core.datasets.indexed_dataset import IndexedDataset
 
 from megagrape.data import preprocess
 from megagrape.data.domains import validate_prefix
-from megagrape.data.jsonl import iter_jsonl
 from megagrape.data.preprocess import (
     output_prefix,
     preprocess_domains,
@@ -21,6 +20,7 @@ from megagrape.data.preprocess import (
 from megagrape.data.tokenizer import Tokenizer
 from megagrape.data.tokenizer_build import train_bpe
 from megagrape.errors import DataError
+from megagrape.utils.jsonl import iter_jsonl
 from tests.data_utils import synthetic_texts, write_domains, write_jsonl
 from tools import preprocess_data as cli
 

@@ -20,10 +20,10 @@ from megagrape.data.tokenizer import (
     TiktokenTokenizer,
     Tokenizer,
     check_vocab_fits,
-    sha256_file,
 )
 from megagrape.data.tokenizer_build import gpt2_tokenizer, resolve_tokenizer, train_bpe
 from megagrape.errors import DataError
+from megagrape.utils.hashing import sha256_file
 from tests.data_utils import synthetic_texts, write_domains
 
 SAMPLES = [

@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     from megagrape.experiments import regmix
     from megagrape.experiments.benchmark_spec import resolve_corpus
     from megagrape.experiments.regmix_proxies import corpus_domains, objective_value, plan_proxies
-    from megagrape.experiments.runs import run_jobs, write_json_atomic
+    from megagrape.experiments.runs import run_jobs
+    from megagrape.utils.atomic import write_json_atomic
 
     out = Path(args.out).resolve()
     try:

@@ -29,9 +29,11 @@ import numpy as np
 from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
 from tqdm import tqdm
 
-from megagrape.data.jsonl import iter_jsonl_with_sizes
-from megagrape.data.tokenizer import Tokenizer, sha256_file
+from megagrape.data.tokenizer import Tokenizer
 from megagrape.errors import DataError
+from megagrape.utils.atomic import write_json_atomic
+from megagrape.utils.hashing import sha256_file
+from megagrape.utils.jsonl import iter_jsonl_with_sizes
 
 SIDECAR_VERSION = 1
 BATCH_BYTES = 1 << 20  # text handed to a worker per task
@@ -177,7 +179,7 @@ def preprocess_file(
         },
         "seconds": round(stats.seconds, 3),
     }
-    _write_json_atomic(_sidecar_path(prefix), sidecar)
+    write_json_atomic(_sidecar_path(prefix), sidecar, indent=2)
     return stats
 
 
@@ -419,9 +421,3 @@ def _jsonl_in(directory: Path) -> list[Path]:
     if not directory.is_dir():
         raise DataError(f"{directory}: no such directory; point --input at DIR/domains")
     return [p for p in directory.iterdir() if p.name.endswith((".jsonl", ".jsonl.gz"))]
-
-
-def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    temporary = path.with_name(path.name + ".partial")
-    temporary.write_text(json.dumps(payload, indent=2))
-    os.replace(temporary, path)

@@ -36,10 +36,10 @@ import numpy as np
 
 from megagrape.errors import DataError
 from megagrape.ops.blending import build_blending_segment
+from megagrape.utils.distribution import checked_distribution
 
 MAX_DOMAINS = 32767  # domain ids are int16, as in Megatron's BlendedDataset
 DEFAULT_CHUNK_SAMPLES = 1 << 20
-WEIGHT_SUM_TOLERANCE = 1e-6
 STATE_VERSION = 1
 
 
@@ -72,7 +72,7 @@ class GlobalBatch:
 
 
 def validate_weights(weights, names: Sequence[str], what: str = "mixture weights") -> np.ndarray:
-    """Check one weight per domain, finite and >= 0, summing to 1 within 1e-6.
+    """Check one weight per domain, finite and >= 0, summing to 1 (``megagrape.utils.distribution``).
 
     Returns a new float64 array [K] renormalised to sum to 1. Errors (DataError) name
     ``what``, the offending domain and value, and the fix.
@@ -90,19 +90,9 @@ def validate_weights(weights, names: Sequence[str], what: str = "mixture weights
             f"{what}: expected {len(names)} weights, one per domain in the order [{shown}], "
             f"got an array of shape {values.shape}; give exactly one weight per domain"
         )
-    for index, (name, value) in enumerate(zip(names, values)):
-        if not math.isfinite(value) or value < 0:
-            raise DataError(
-                f"{what}: the weight of domain '{name}' (index {index}) is {float(value)!r}; every "
-                "weight must be a finite number >= 0 (use 0 to leave a domain out)"
-            )
-    total = math.fsum(values)
-    if abs(total - 1.0) > WEIGHT_SUM_TOLERANCE:
-        raise DataError(
-            f"{what}: the weights sum to {total!r}, not 1 (tolerance {WEIGHT_SUM_TOLERANCE:g}); "
-            "divide each weight by their sum so that they form a distribution over the domains"
-        )
-    return values / total
+    return np.array(
+        checked_distribution(values.tolist(), names, what=what, error=DataError), dtype=np.float64
+    )
 
 
 @dataclass

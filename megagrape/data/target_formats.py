@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from megagrape.data.jsonl import iter_jsonl
 from megagrape.errors import DataError
+from megagrape.utils.jsonl import iter_jsonl
 
 DEFAULT_UNCOND_DOCID_OFFSET = 1_000_000
 TargetKind = Literal["mc", "lm"]

@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +26,7 @@ from tiktoken_ext.openai_public import r50k_pat_str
 
 from megagrape.data.byte_level_bpe import byte_level_bpe_as_tiktoken
 from megagrape.errors import DataError
+from megagrape.utils.atomic import write_atomic
 
 EOD_TOKEN = "<|endoftext|>"
 CONFIG_FILE = "tokenizer_config.json"
@@ -385,19 +385,3 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise DataError(
             f"{path}: not valid JSON ({exc}); delete it and re-run tools/preprocess_data.py"
         ) from exc
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file and a rename (never half-written)."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_bytes(data)
-    os.replace(temporary, path)

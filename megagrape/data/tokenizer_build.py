@@ -21,7 +21,6 @@ from pathlib import Path
 
 import tokenizers
 
-from megagrape.data.jsonl import iter_jsonl
 from megagrape.data.tokenizer import (
     EOD_TOKEN,
     GPT2_TIKTOKEN_SHA256,
@@ -29,10 +28,11 @@ from megagrape.data.tokenizer import (
     Tokenizer,
     gpt2_from_bytes,
     read_saved_metadata,
-    sha256_file,
-    write_atomic,
 )
 from megagrape.errors import DataError
+from megagrape.utils.atomic import write_atomic
+from megagrape.utils.hashing import sha256_file
+from megagrape.utils.jsonl import iter_jsonl
 
 WHISPER_VERSION = "20250625"
 

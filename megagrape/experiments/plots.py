@@ -18,8 +18,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from megagrape.data.jsonl import iter_jsonl
 from megagrape.errors import DataError
+from megagrape.utils.jsonl import iter_jsonl
 
 _LEGEND_ROWS = 24
 """Legend entries per column before another column is started."""

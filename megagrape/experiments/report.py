@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from megagrape.experiments.benchmark_plots import (
     plot_summary_losses,
     plot_target_losses,
 )
+from megagrape.utils.atomic import write_atomic
 
 FIGURES = {
     "target_loss": "target_loss.png",
@@ -155,13 +155,8 @@ def write_outputs(
         "analysis": analysis.to_dict(),
         "runs": list(results),
     }
-    paths["json"] = _write_text(out / "results.json", json.dumps(document, indent=1))
-    paths["markdown"] = _write_text(out / "results.md", markdown(analysis, settings, results))
+    paths["json"] = out / "results.json"
+    write_atomic(paths["json"], json.dumps(document, indent=1))
+    paths["markdown"] = out / "results.md"
+    write_atomic(paths["markdown"], markdown(analysis, settings, results))
     return paths
-
-
-def _write_text(path: Path, text: str) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path

@@ -29,6 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from megagrape.utils.atomic import write_json_atomic
+from megagrape.utils.jsonl import read_jsonl
+
 RESULT_VERSION = 1
 
 
@@ -70,13 +73,6 @@ class RunJob:
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
-
-
 def load_result(job: RunJob, fingerprint: str) -> dict | None:
     """The job's finished result, or None when missing, unreadable or from another config."""
     path = Path(job.result_path)
@@ -91,12 +87,6 @@ def load_result(job: RunJob, fingerprint: str) -> dict | None:
     return result
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def build_result(job: RunJob, cfg, summary: dict, seconds: float, fingerprint: str) -> dict:
     """The result document of a finished run (see the module docstring of megagrape.experiments.analysis)."""
     tokens_per_step = cfg.train.global_batch_size * cfg.model.seq_length
@@ -107,6 +97,7 @@ def build_result(job: RunJob, cfg, summary: dict, seconds: float, fingerprint: s
         "tokens": [e["step"] * tokens_per_step for e in evals],
         "loss": {t: [e["results"][t]["loss"] for e in evals] for t in targets},
     }
+    mixture_path = cfg.run_dir / "mixture.jsonl"
     events = [
         {
             "step": r["step"],
@@ -114,7 +105,7 @@ def build_result(job: RunJob, cfg, summary: dict, seconds: float, fingerprint: s
             "task_weights": r.get("task_weights"),
             "skipped": r.get("skipped"),
         }
-        for r in _read_jsonl(cfg.run_dir / "mixture.jsonl")
+        for r in (read_jsonl(mixture_path) if mixture_path.is_file() else [])
     ]
     average_path = cfg.run_dir / "mixture_average.json"
     average = (

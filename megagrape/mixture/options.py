@@ -9,12 +9,12 @@ value and the allowed range.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from megagrape.errors import ConfigError
+from megagrape.utils.names import did_you_mean
 
 OPTIONS_PREFIX = "mixture.options"
 
@@ -47,9 +47,9 @@ def parse_options(
 
 
 def unknown_key_error(where: str, key: str, valid: Sequence[str], owner: str) -> ConfigError:
-    """ConfigError for an unknown key, naming the nearest valid key (difflib) and all of them."""
-    nearest = difflib.get_close_matches(key, valid, n=1, cutoff=0.0)
-    hint = f"did you mean {nearest[0]!r}? " if nearest else ""
+    """ConfigError for an unknown key, naming the nearest valid key (if any is close) and all."""
+    hint = did_you_mean(key, valid)
+    hint = f"{hint} " if hint else ""
     listing = ", ".join(valid) if valid else "(none)"
     return ConfigError(f"{where}: unknown option for {owner}; {hint}valid options: {listing}")
 

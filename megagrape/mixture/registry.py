@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -21,6 +19,8 @@ from megagrape.mixture.mgda import Mgda, MgdaOptions
 from megagrape.mixture.odm import Odm, OdmOptions
 from megagrape.mixture.options import parse_options
 from megagrape.mixture.static import Static, StaticOptions
+from megagrape.utils.distribution import checked_distribution
+from megagrape.utils.names import did_you_mean
 
 _METHODS: dict[str, tuple[type, type[MixtureMethod]]] = {
     "grape": (GrapeOptions, Grape),
@@ -35,7 +35,6 @@ _METHODS: dict[str, tuple[type, type[MixtureMethod]]] = {
 
 KNOWN_METHODS: tuple[str, ...] = tuple(_METHODS)
 METHODS_NEEDING_TARGETS = frozenset({"grape", "doge"})
-WEIGHT_TOLERANCE = 1e-6
 
 
 def method_class(name: str) -> type[MixtureMethod]:
@@ -96,8 +95,8 @@ def validate_method_options(name: str, options: Mapping[str, Any] | None) -> Non
 def _known(name: Any) -> str:
     if isinstance(name, str) and name in _METHODS:
         return name
-    nearest = difflib.get_close_matches(str(name), KNOWN_METHODS, n=1, cutoff=0.0)
-    hint = f"did you mean {nearest[0]!r}? " if nearest else ""
+    hint = did_you_mean(str(name), KNOWN_METHODS)
+    hint = f"{hint} " if hint else ""
     raise ConfigError(
         f"mixture.method = {name!r} is not a known method; {hint}known methods: {', '.join(KNOWN_METHODS)}"
     )
@@ -126,14 +125,7 @@ def _initial_weights(weights: Tensor | Sequence[float] | None, domains: tuple[st
             f"mixture.initial_weights has {values.numel()} entries but the run has {len(domains)} "
             f"domains ({', '.join(domains)})"
         )
-    for name, value in zip(domains, values.tolist()):
-        if not math.isfinite(value) or value < 0:
-            raise ConfigError(
-                f"mixture.initial_weights: weight of domain {name!r} is {value}; weights must be finite and >= 0"
-            )
-    total = float(values.sum())
-    if abs(total - 1.0) > WEIGHT_TOLERANCE:
-        raise ConfigError(
-            f"mixture.initial_weights sum to {total:.9g}, not 1; give a distribution over the domains"
-        )
-    return values / total
+    checked = checked_distribution(
+        values.tolist(), domains, what="mixture.initial_weights", error=ConfigError
+    )
+    return torch.tensor(checked, dtype=DTYPE)

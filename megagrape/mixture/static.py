@@ -12,14 +12,13 @@ Weights files (JSON or YAML) may hold any of these shapes:
   configs holding CRISP, RegMix or CLIMB mixtures; without train_domains, domain order).
 
 Weights must be finite and >= 0 and name every run domain exactly once. They must sum to 1 within
-``SUM_TOLERANCE`` (published tables round to 4 digits) and are then renormalised exactly; any
-other sum is an error unless ``normalize: true``.
+``megagrape.utils.distribution.SUM_TOLERANCE`` (published tables round to 4 digits) and are then
+renormalised exactly; any other sum is an error unless ``normalize: true``.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,9 +38,9 @@ from megagrape.mixture.base import (
     Observation,
     uniform,
 )
+from megagrape.utils.distribution import checked_distribution
 
 SOURCES = ("uniform", "natural", "file", "inline")
-SUM_TOLERANCE = 1e-3
 REGMIX_PREFIX = "train_"
 
 
@@ -246,20 +245,12 @@ def _regmix(train: Mapping[str, Any], domain_names: Sequence[str]) -> dict[str, 
 def _checked_distribution(
     values: Sequence[Any], domain_names: Sequence[str], *, normalize: bool, source: str
 ) -> Tensor:
-    for name, value in zip(domain_names, values):
-        bad_type = isinstance(value, bool) or not isinstance(value, (int, float))
-        if bad_type or not math.isfinite(value) or value < 0:
-            raise ConfigError(
-                f"{source}: weight of domain {name!r} is {value!r}; weights must be finite numbers >= 0"
-            )
-    total = math.fsum(float(value) for value in values)
-    if total <= 0.0:
-        raise ConfigError(
-            f"{source}: weights sum to {total}; at least one domain needs a positive weight"
-        )
-    if abs(total - 1.0) > SUM_TOLERANCE and not normalize:
-        raise ConfigError(
-            f"{source}: weights sum to {total:.6g}, not 1 (tolerance {SUM_TOLERANCE:g}); fix the "
-            f"weights or set mixture.options.normalize: true to rescale them"
-        )
-    return torch.tensor([float(value) / total for value in values], dtype=DTYPE)
+    checked = checked_distribution(
+        values,
+        domain_names,
+        what=source,
+        error=ConfigError,
+        sum_hint="fix the weights or set mixture.options.normalize: true to rescale them",
+        normalize=normalize,
+    )
+    return torch.tensor(checked, dtype=DTYPE)

@@ -24,7 +24,6 @@ import torch
 from tqdm import tqdm
 
 from megagrape import parallel
-from megagrape.checkpoint import write_json_atomic
 from megagrape.config import RunConfig
 from megagrape.data.microbatches import MicroBatch, plan_microbatches
 from megagrape.data.sampler import GlobalBatch, MixtureSampler
@@ -43,6 +42,7 @@ from megagrape.reference import ReferenceModel
 from megagrape.train.capture import CapturedGradients, CaptureSettings, GradientCapture
 from megagrape.train.capture import capture_mode as select_capture_mode
 from megagrape.train.step_stats import StepRecord
+from megagrape.utils.atomic import write_json_atomic
 
 DOMAIN_GRADIENT_NEEDS = frozenset({"domain_target_gram", "domain_gram"})
 CAPTURE_NEEDS = DOMAIN_GRADIENT_NEEDS | {"target_losses"}

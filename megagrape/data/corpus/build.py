@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -40,6 +39,8 @@ from megagrape.data.corpus.manifest import (
 from megagrape.data.corpus.presets import DomainSpec, Preset, TargetSpec, get_preset
 from megagrape.data.corpus.sources import DOMAIN_EXTRACTORS, TARGET_EXTRACTORS, Source
 from megagrape.errors import DataError
+from megagrape.utils.atomic import atomic_open
+from megagrape.utils.jsonl import read_jsonl
 
 NGRAM = 13
 MIN_WORDS = 8
@@ -92,13 +93,11 @@ def write_jsonl(path: Path, records: Iterable[dict]) -> tuple[int, int]:
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob(f".{path.name}.tmp-*"):
         stale.unlink()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     count = 0
-    with open(tmp, "w", encoding="utf-8", newline="\n") as stream:
+    with atomic_open(path) as stream:
         for record in records:
             stream.write(json.dumps(record, ensure_ascii=False) + "\n")
             count += 1
-    os.replace(tmp, path)
     return count, path.stat().st_size
 
 
@@ -202,11 +201,6 @@ def build_target(
     return entry, items
 
 
-def _read_items(path: Path) -> list[dict]:
-    with open(path, encoding="utf-8") as stream:
-        return [json.loads(line) for line in stream if line.strip()]
-
-
 def item_text(item: dict) -> str:
     """Text an item contributes to decontamination: context + gold continuation, or its text."""
     if "choices" in item:
@@ -305,7 +299,7 @@ def prepare_corpus(
             write_manifest(out_dir, manifest)
             bar.update(1)
         else:
-            items = _read_items(out_dir / manifest.targets[spec.name].file)
+            items = read_jsonl(out_dir / manifest.targets[spec.name].file)
         all_items.extend(items)
 
     index = NgramIndex.from_texts((item_text(i) for i in all_items), n=NGRAM, min_words=MIN_WORDS)

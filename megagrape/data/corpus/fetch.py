@@ -14,7 +14,6 @@ with :mod:`tarfile`, and Debian packages from their extracted tree.
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import os
 import platform
 import shutil
@@ -30,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from megagrape.errors import DataError
+from megagrape.utils.hashing import sha256_file
 
 REGISTRIES = ("pypi", "debian", "npm", "stdlib")
 
@@ -160,15 +160,6 @@ def _iter_dir(
                 names.append(name)
     for name in sorted(names):
         yield name, (root / name).read_bytes()
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _run(command: list[str], cwd: Path, what: str, fix: str) -> None:

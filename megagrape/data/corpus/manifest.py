@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 
 import megagrape
 from megagrape.errors import DataError
+from megagrape.utils.atomic import write_atomic
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1
@@ -109,10 +109,8 @@ class Manifest:
 
 def write_manifest(out_dir: Path, manifest: Manifest) -> None:
     """Write ``out_dir/manifest.json`` atomically (temp file, then rename)."""
-    path = Path(out_dir) / MANIFEST_NAME
-    tmp = path.with_name(f".{MANIFEST_NAME}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(manifest.to_dict(), indent=2, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    text = json.dumps(manifest.to_dict(), indent=2, ensure_ascii=False) + "\n"
+    write_atomic(Path(out_dir) / MANIFEST_NAME, text)
 
 
 def read_manifest(out_dir: Path) -> Manifest:

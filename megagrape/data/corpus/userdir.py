@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 import re
 import shutil
@@ -38,6 +37,7 @@ from megagrape.data.corpus.manifest import (
     write_manifest,
 )
 from megagrape.errors import DataError
+from megagrape.utils.atomic import atomic_path
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _IDX_HEADER = b"MMIDIDX\x00\x00"
@@ -249,23 +249,17 @@ def _validate_entry(
         size = sum(path.with_name(name + s).stat().st_size for s in (".bin", ".idx"))
         kind, skipped, sha256 = ("text" if group == "domains" else "lm"), 0, ""
     else:
-        target_path = out_dir / relative
-        tmp = None if in_place else target_path.with_name(f".{target_path.name}.tmp-{os.getpid()}")
-        try:
-            kind, count, skipped, sha256 = validate_jsonl(
-                path, group == "targets", skip_bad_lines, tmp
-            )
-        except DataError:
-            if tmp is not None:
-                tmp.unlink(missing_ok=True)
-            raise
-        if in_place and skipped:
-            raise DataError(
-                f"{path}: {skipped} bad line(s) cannot be dropped in place; pass a different "
-                "--out to write cleaned copies there"
-            )
-        if tmp is not None:
-            os.replace(tmp, target_path)
+        target = group == "targets"
+        if in_place:
+            kind, count, skipped, sha256 = validate_jsonl(path, target, skip_bad_lines, None)
+            if skipped:
+                raise DataError(
+                    f"{path}: {skipped} bad line(s) cannot be dropped in place; pass a different "
+                    "--out to write cleaned copies there"
+                )
+        else:
+            with atomic_path(out_dir / relative) as copy:
+                kind, count, skipped, sha256 = validate_jsonl(path, target, skip_bad_lines, copy)
         size = (out_dir / relative).stat().st_size
     source = SourceInfo(
         registry="local",

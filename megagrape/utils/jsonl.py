@@ -1,4 +1,8 @@
-"""Line-numbered reading of JSON-lines files (``.jsonl`` or gzip-compressed ``.jsonl.gz``)."""
+"""Reading JSON-lines files (``.jsonl`` or gzip-compressed ``.jsonl.gz``), one object a line.
+
+Every error is a DataError naming the file and the line. :func:`iter_jsonl` streams
+``(line_number, record)`` pairs; :func:`read_jsonl` returns all the records of a small file.
+"""
 
 from __future__ import annotations
 
@@ -30,6 +34,11 @@ def iter_jsonl(path: Path, skip_bad_lines: bool = False) -> Iterator[tuple[int, 
     """
     for line_number, record, _ in iter_jsonl_with_sizes(path, skip_bad_lines):
         yield line_number, record
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Every JSON object in ``path``, in file order (blank lines ignored; bad lines raise)."""
+    return [record for _, record in iter_jsonl(path)]
 
 
 def iter_jsonl_with_sizes(
