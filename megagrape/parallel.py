@@ -20,9 +20,9 @@ Random numbers (the megatron scheme, also on CPU):
   dropout on activations that are split across them (attention heads). On GPU this is
   megatron's own CUDA tracker; on CPU it is ``CpuRNGStatesTracker``, installed as megatron's
   tracker so that every ``get_cuda_rng_tracker().fork()`` in megatron-core forks the CPU
-  generator instead.
-* ``rng_state()`` / ``set_rng_state()`` capture and restore all of them, so a resumed run
-  draws the same numbers as an uninterrupted one.
+  generator instead. ``model_parallel_rng_tracker().get_states()`` / ``set_states()`` save
+  and restore the tracker's streams (``torch.get_rng_state()`` / ``set_rng_state()`` the
+  default one).
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
 
 import numpy as np
 import torch
@@ -274,29 +273,6 @@ def seed_everything(seed: int, tp_rank: int, pp_rank: int, ep_rank: int = 0) -> 
     _install_cpu_rng_tracker(tracker)
 
 
-def rng_state() -> dict[str, Any]:
-    """Every generator this rank draws from (python, numpy, torch CPU/CUDA, the tracker)."""
-    state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-        "tracker": model_parallel_rng_tracker().get_states(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what ``rng_state()`` returned (on the same rank of the same layout)."""
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
-    model_parallel_rng_tracker().set_states(state["tracker"])
-
-
 _ENV: DistEnv | None = None
 
 
@@ -383,12 +359,6 @@ def tp_group() -> dist.ProcessGroup:
     return parallel_state.get_tensor_model_parallel_group()
 
 
-def pp_group() -> dist.ProcessGroup:
-    from megatron.core import parallel_state
-
-    return parallel_state.get_pipeline_model_parallel_group()
-
-
 def model_parallel_group() -> dist.ProcessGroup:
     """Tensor x pipeline ranks that together hold one full copy of the model."""
     from megatron.core import parallel_state
@@ -429,18 +399,6 @@ def all_ranks_agree(tensor: torch.Tensor, group: dist.ProcessGroup | None = None
     extremes = torch.stack([raw, -raw])  # one MAX all-reduce yields the max and -min
     dist.all_reduce(extremes, op=dist.ReduceOp.MAX, group=group)
     return torch.equal(extremes[0], -extremes[1])
-
-
-def all_reduce_mean(tensor: torch.Tensor, group: dist.ProcessGroup | None = None) -> torch.Tensor:
-    """Average ``tensor`` over ``group`` (default: data-parallel group), in place."""
-    if not dist.is_initialized():
-        return tensor
-    group = dp_group() if group is None else group
-    size = dist.get_world_size(group)
-    if size > 1:
-        dist.all_reduce(tensor, group=group)
-        tensor.div_(size)
-    return tensor
 
 
 class DeepSpeedMPU:

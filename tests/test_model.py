@@ -251,9 +251,14 @@ def test_dropout_runs_on_cpu_and_replays_from_the_rng_state(env):
     with torch.no_grad():
         parallel.seed_everything(7, tp_rank=0, pp_rank=0)
         first = token_losses(model, batch)
-        saved = parallel.rng_state()
+        # hidden dropout draws from the device's default stream, attention dropout from the
+        # model-parallel tracker: saving and restoring both replays the masks
+        default_stream = torch.cuda if env.device.type == "cuda" else torch
+        saved_default = default_stream.get_rng_state()
+        saved_tracker = parallel.model_parallel_rng_tracker().get_states()
         second = token_losses(model, batch)
-        parallel.set_rng_state(saved)
+        default_stream.set_rng_state(saved_default)
+        parallel.model_parallel_rng_tracker().set_states(saved_tracker)
         replayed = token_losses(model, batch)
         parallel.seed_everything(7, tp_rank=0, pp_rank=0)
         reseeded = token_losses(model, batch)

@@ -161,11 +161,13 @@ def _tensor_parallel_world(rank: int, world_size: int) -> dict:
     default_draw = torch.rand(4)
     with tensor_parallel.get_cuda_rng_tracker().fork():
         split_draw = torch.rand(4)
-    saved = parallel.rng_state()
+    saved_default = torch.get_rng_state()
+    saved_tracker = parallel.model_parallel_rng_tracker().get_states()
     with tensor_parallel.get_cuda_rng_tracker().fork():
         again = torch.rand(4)
     after = torch.rand(4)
-    parallel.set_rng_state(saved)
+    torch.set_rng_state(saved_default)
+    parallel.model_parallel_rng_tracker().set_states(saved_tracker)
     with tensor_parallel.get_cuda_rng_tracker().fork():
         replay = torch.rand(4)
     replay_after = torch.rand(4)

@@ -35,10 +35,6 @@ class MicroBatch:
     loss_weights: np.ndarray  # float64 [b] 1 for real samples, 0 for padding
     round_domain: int  # the domain of this round on every rank, or -1 (fixed schedule: mixed)
 
-    @property
-    def num_real(self) -> int:
-        return int(np.count_nonzero(self.loss_weights))
-
 
 def plan_fixed(
     batch: GlobalBatch, dp_rank: int, dp_size: int, micro_batch_size: int
