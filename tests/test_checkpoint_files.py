@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 
-from megagrape import checkpoint as ckpt
 from megagrape.config import TrainConfig
 from megagrape.errors import ConfigError
-from megagrape.schedule import WarmupDecayLR, lr_at
+from megagrape.train import checkpoint as ckpt
+from megagrape.train.schedule import WarmupDecayLR, lr_at
 
 
 def make_complete(root, step, payload=b"weights"):

@@ -165,7 +165,7 @@ def test_crashed_rank_ends_the_job(test_corpus, tmp_path):
 
 
 def test_doremi_reference_with_another_vocabulary_is_refused(test_corpus, tmp_path):
-    from megagrape import checkpoint as ckpt
+    from megagrape.train import checkpoint as ckpt
 
     partial = tmp_path / "ref" / "step_000001.partial"
     partial.mkdir(parents=True)

@@ -8,7 +8,7 @@ from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
 from megagrape.config import LR_WSD_DECAY_STYLES, TrainConfig, load_config
 from megagrape.errors import ConfigError
-from megagrape.schedule import WarmupDecayLR, decay_end, lr_at
+from megagrape.train.schedule import WarmupDecayLR, decay_end, lr_at
 
 
 def lr_before_decay_iters_fix(step: int, cfg: TrainConfig) -> float:

@@ -21,10 +21,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 
-from megagrape.checkpoint import newest_complete
 from megagrape.config import load_config
 from megagrape.errors import ConfigError, DataError
 from megagrape.export import ARCHITECTURES, export_hf
+from megagrape.train.checkpoint import newest_complete
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -38,9 +38,9 @@ from megagrape.mixture import (
 )
 from megagrape.mixture.registry import method_class
 from megagrape.mixture.static import load_weights_file, natural_weights
-from megagrape.reference import ReferenceModel
 from megagrape.train.capture import CapturedGradients, CaptureSettings, GradientCapture
 from megagrape.train.capture import capture_mode as select_capture_mode
+from megagrape.train.reference import ReferenceModel
 from megagrape.train.step_stats import StepRecord
 from megagrape.utils.atomic import write_json_atomic
 

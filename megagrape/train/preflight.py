@@ -18,13 +18,12 @@ from dataclasses import dataclass
 
 import torch
 
-from megagrape import checkpoint as ckpt
 from megagrape.config import RunConfig
 from megagrape.data.domains import count_tokens
 from megagrape.data.training_data import load_checked_tokenizer, resolve_data_sources
 from megagrape.ds_config import resolve_ds_config, zero_stage
 from megagrape.errors import ConfigError
-from megagrape.reference import check_reference_checkpoint
+from megagrape.train import checkpoint as ckpt
 from megagrape.train.capture import capture_mode
 from megagrape.train.mixture_controller import (
     build_mixture_method,
@@ -32,6 +31,7 @@ from megagrape.train.mixture_controller import (
     needs_reference,
     resolve_weights_spec,
 )
+from megagrape.train.reference import check_reference_checkpoint
 
 
 @dataclass(frozen=True)

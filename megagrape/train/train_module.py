@@ -24,13 +24,13 @@ from typing import Protocol
 
 import torch
 
-from megagrape import checkpoint as ckpt
 from megagrape import parallel
 from megagrape.config import RunConfig
 from megagrape.data.microbatches import MicroBatch, collate
 from megagrape.ds_config import zero_stage
 from megagrape.model import build_model, pipeline_batch, pipeline_loss_fn, token_losses
-from megagrape.schedule import WarmupDecayLR
+from megagrape.train import checkpoint as ckpt
+from megagrape.train.schedule import WarmupDecayLR
 
 
 class BackwardHooks(Protocol):

@@ -24,12 +24,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from megagrape import checkpoint as ckpt
 from megagrape import parallel
 from megagrape.config import RunConfig, save_config
 from megagrape.data.training_data import TrainingData, build_training_data
-from megagrape.metrics import MetricsWriter
+from megagrape.train import checkpoint as ckpt
 from megagrape.train.callbacks import Callback, default_callbacks
+from megagrape.train.metrics import MetricsWriter
 from megagrape.train.mixture_controller import MixtureController
 from megagrape.train.step_stats import StepRecord, local_step_stats, reduce_step_stats
 from megagrape.train.train_module import TrainModule, build_train_module

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from tqdm import tqdm
 
-from megagrape.evaluate import evaluate_tasks
 from megagrape.train.callbacks.base import Callback, due
+from megagrape.train.evaluation import evaluate_tasks
 
 
 def evaluate_targets(trainer, final: bool = True) -> dict[str, dict[str, float]]:

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 
-from megagrape.metrics import memory_gb, mfu
 from megagrape.train.callbacks.base import Callback, due
+from megagrape.train.metrics import memory_gb, mfu
 
 
 @dataclass

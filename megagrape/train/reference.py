@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
-from megagrape import checkpoint as ckpt
 from megagrape.errors import ConfigError
 from megagrape.model import build_model, token_losses
+from megagrape.train import checkpoint as ckpt
 
 FIELD = "mixture.reference_checkpoint"
 
