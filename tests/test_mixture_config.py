@@ -10,12 +10,16 @@ from megagrape.errors import ConfigError
 from megagrape.mixture import (
     KNOWN_METHODS,
     OBSERVATION_FIELDS,
+    MixtureMethod,
     Observation,
     TimeAverage,
     build_method,
     hybrid_loss_weights,
+    method_class,
     options_class,
+    register_method,
 )
+from megagrape.mixture.grape import GrapeOptions
 
 DOMAINS = ["web", "code"]
 TASKS = ["piqa"]
@@ -26,11 +30,33 @@ def build(name, **options):
 
 
 def test_every_known_method_builds_with_defaults_and_declares_valid_needs():
+    assert set(KNOWN_METHODS) == {"grape", "doge", "doremi", "odm", "mgda", "imtl", "epo", "static"}
     for name in KNOWN_METHODS:
         method = build(name)
-        assert method.name == name
-        assert method.needs <= OBSERVATION_FIELDS
+        assert method.name == name == method_class(name).name
+        assert method_class(name).required_needs <= method.needs <= OBSERVATION_FIELDS
         assert method.domain_weights.tolist() == pytest.approx([0.5, 0.5])
+
+
+def test_class_level_facts():
+    needing_targets = {name for name in KNOWN_METHODS if method_class(name).needs_targets}
+    assert needing_targets == {"grape", "doge"}
+    fixed = {name for name in KNOWN_METHODS if not method_class(name).reweights}
+    assert fixed == {"static"}
+    own_weights = {name for name in KNOWN_METHODS if not method_class(name).takes_initial_weights}
+    assert own_weights == {"static"}
+
+
+def test_register_method_rejects_duplicates_and_non_methods():
+    with pytest.raises(
+        ValueError, match=r"register_method\('grape'\): already registered by Grape"
+    ):
+        register_method("grape", GrapeOptions)(type("Other", (MixtureMethod,), {}))
+    with pytest.raises(TypeError, match="is not a MixtureMethod"):
+        register_method("plain", GrapeOptions)(type("Plain", (), {}))
+    with pytest.raises(TypeError, match="unknown fields"):
+        type("Typo", (MixtureMethod,), {"required_needs": frozenset({"domain_grams"})})
+    assert "plain" not in KNOWN_METHODS
 
 
 def test_unknown_method_lists_known_ones():
@@ -143,7 +169,10 @@ def test_run_facts_are_validated():
         build_method("mgda", {}, [], [], None, None)
     with pytest.raises(ConfigError, match="'web' appears more than once"):
         build_method("mgda", {}, ["web", "web"], [], None, None)
-    with pytest.raises(ConfigError, match="optimises the mixture for target tasks"):
+    with pytest.raises(
+        ConfigError,
+        match=r"optimises the mixture for target tasks.*without targets \(doremi, epo, imtl, mgda, odm\)",
+    ):
         build_method("grape", {}, DOMAINS, [], None, None)
 
 

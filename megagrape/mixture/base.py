@@ -34,6 +34,9 @@ OBSERVATION_FIELDS = frozenset(
     }
 )
 
+# The Observation fields that exist only when the run has target tasks.
+TARGET_FIELDS = frozenset({"domain_target_gram", "target_losses", "previous_target_losses"})
+
 Diagnostics = dict[str, float | list[float]]
 
 
@@ -93,19 +96,36 @@ class MixtureContext:
 class MixtureMethod(ABC):
     """Base class of every reweighting method.
 
-    Subclasses set ``name``, implement :attr:`needs` and :meth:`update`, and list in
-    ``state_fields`` the attributes (tensors, floats, ints or None) that make up their state;
-    :meth:`state_dict` / :meth:`load_state_dict` serialise exactly those, so a resumed method
-    gives the identical next update.
+    Subclasses register with ``@register_method(name, Options)`` (which sets ``name``), declare
+    ``required_needs`` (and override :attr:`needs` when options add fields), implement
+    :meth:`update`, and list in ``state_fields`` the attributes (tensors, floats, ints or None)
+    that make up their state; :meth:`state_dict` / :meth:`load_state_dict` serialise exactly
+    those, so a resumed method gives the identical next update.
+
+    The class-level facts below let the engine and the registry treat methods alike, without
+    testing names.
     """
 
     name: ClassVar[str]
+    """The ``mixture.method`` value, set by ``register_method``."""
+    required_needs: ClassVar[frozenset[str]] = frozenset()
+    """Observation fields needed whatever the options (a subset of OBSERVATION_FIELDS)."""
+    needs_targets: ClassVar[bool] = False
+    """Derived from ``required_needs``: True when it holds a TARGET_FIELDS entry, so the
+    method cannot run without target tasks."""
     reweights: ClassVar[bool] = True
     """False for fixed mixtures: the engine then runs no reweighting events."""
     takes_initial_weights: ClassVar[bool] = True
     """False when the weights come from the method's own options (mixture.initial must stay
     uniform and is not passed)."""
     state_fields: ClassVar[tuple[str, ...]] = ("domain_weights", "task_weights")
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        unknown = cls.required_needs - OBSERVATION_FIELDS
+        if unknown:
+            raise TypeError(f"{cls.__name__}.required_needs: unknown fields {sorted(unknown)}")
+        cls.needs_targets = bool(cls.required_needs & TARGET_FIELDS)
 
     def __init__(self, context: MixtureContext) -> None:
         self.domain_names = context.domain_names
@@ -122,9 +142,10 @@ class MixtureMethod(ABC):
         return len(self.task_names)
 
     @property
-    @abstractmethod
     def needs(self) -> frozenset[str]:
-        """Observation fields the trainer must compute for this method (subset of OBSERVATION_FIELDS)."""
+        """Observation fields the trainer must compute at an event: ``required_needs`` plus
+        those the options ask for (a subset of OBSERVATION_FIELDS)."""
+        return self.required_needs
 
     @abstractmethod
     def update(self, obs: Observation) -> MixtureUpdate:

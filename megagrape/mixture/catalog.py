@@ -10,9 +10,9 @@ import dataclasses
 import inspect
 
 from megagrape.configtools import field_docstrings
+from megagrape.mixture import KNOWN_METHODS, method_class, options_class
 from megagrape.mixture.base import MixtureContext, uniform
 from megagrape.mixture.options import parse_options
-from megagrape.mixture.registry import KNOWN_METHODS, method_class, options_class
 
 NEED_MEANINGS = {
     "domain_target_gram": "per-domain x per-target gradient products (gradient capture)",

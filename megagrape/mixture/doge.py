@@ -32,6 +32,7 @@ from megagrape.mixture.base import (
     smooth,
     uniform,
 )
+from megagrape.mixture.registry import register_method
 from megagrape.mixture.target_scaling import (
     TARGET_GRADIENTS,
     invalid_target_loss,
@@ -84,13 +85,14 @@ class DogeOptions:
         opt.validate(self, "exclude_diagonal", opt.boolean)
 
 
+@register_method("doge", DogeOptions)
 class Doge(MixtureMethod):
     """DoGE (Fan, Pagliardini, Jaggi 2024) on megagrape's domain x target Gram.
 
     ``task_weights`` holds the fixed z (reported with every update, never changed).
     """
 
-    name = "doge"
+    required_needs = frozenset({"domain_target_gram"})
     state_fields = ("domain_weights", "loss_ema")
 
     def __init__(self, options: DogeOptions, context: MixtureContext) -> None:
@@ -113,7 +115,7 @@ class Doge(MixtureMethod):
 
     @property
     def needs(self) -> frozenset[str]:
-        fields = {"domain_target_gram"}
+        fields = set(self.required_needs)
         if self.options.normalize == "mean_grad_norm":
             fields.add("domain_gram")
         if needs_target_losses(self.options.target_gradient):

@@ -27,6 +27,7 @@ from megagrape.mixture.base import (
     required,
     smooth,
 )
+from megagrape.mixture.registry import register_method
 
 
 @dataclass(frozen=True)
@@ -43,10 +44,11 @@ class DoremiOptions:
         opt.validate(self, "smoothing", opt.real, low=0.0, high=1.0, high_open=True)
 
 
+@register_method("doremi", DoremiOptions)
 class Doremi(MixtureMethod):
     """DoReMi (Xie et al. 2023) domain reweighting from trainer-measured excess losses."""
 
-    name = "doremi"
+    required_needs = frozenset({"domain_excess_losses"})
     state_fields = ("domain_weights", "excess_losses")
 
     def __init__(self, options: DoremiOptions, context: MixtureContext) -> None:
@@ -54,10 +56,6 @@ class Doremi(MixtureMethod):
         self.options = options
         self.excess_losses: Tensor = torch.zeros_like(self.domain_weights)
         """λ [K]: the last excess loss seen per domain (0 before a domain is first seen)."""
-
-    @property
-    def needs(self) -> frozenset[str]:
-        return frozenset({"domain_excess_losses"})
 
     def update(self, obs: Observation) -> MixtureUpdate:
         observed = required(obs, "domain_excess_losses", (self.num_domains,), self.name)

@@ -37,6 +37,7 @@ from megagrape.mixture.base import (
     required,
     smooth,
 )
+from megagrape.mixture.registry import register_method
 
 
 @dataclass(frozen=True)
@@ -100,10 +101,11 @@ def epo_lp(
     return EpoStep(weights, balance, non_uniformity, str(result.message))
 
 
+@register_method("epo", EpoOptions)
 class Epo(MixtureMethod):
     """EPO as a data-mixing rule (multi-objective paper, §5.1) on the domain Gram and losses."""
 
-    name = "epo"
+    required_needs = frozenset({"domain_gram", "domain_losses"})
 
     def __init__(self, options: EpoOptions, context: MixtureContext) -> None:
         super().__init__(context)
@@ -119,10 +121,6 @@ class Epo(MixtureMethod):
                 strictly_positive=True,
             )
         self.preference = np.asarray(values, dtype=np.float64)
-
-    @property
-    def needs(self) -> frozenset[str]:
-        return frozenset({"domain_gram", "domain_losses"})
 
     def update(self, obs: Observation) -> MixtureUpdate:
         k = self.num_domains

@@ -34,6 +34,7 @@ from megagrape.mixture.base import (
     smooth,
     uniform,
 )
+from megagrape.mixture.registry import register_method
 from megagrape.mixture.target_scaling import (
     TARGET_GRADIENTS,
     invalid_target_loss,
@@ -79,10 +80,11 @@ class GrapeOptions:
         opt.validate(self, "weights_ema", opt.real, low=0.0, high=1.0, high_open=True)
 
 
+@register_method("grape", GrapeOptions)
 class Grape(MixtureMethod):
     """GRAPE (arXiv 2505.20380) with the exact z-weighted target direction."""
 
-    name = "grape"
+    required_needs = frozenset({"domain_target_gram"})
     state_fields = (
         "domain_weights",
         "task_weights",
@@ -108,10 +110,9 @@ class Grape(MixtureMethod):
 
     @property
     def needs(self) -> frozenset[str]:
-        fields = {"domain_target_gram"}
         if needs_target_losses(self.options.target_gradient) or self.options.roi == "measured":
-            fields.add("target_losses")
-        return frozenset(fields)
+            return self.required_needs | {"target_losses"}
+        return self.required_needs
 
     def update(self, obs: Observation) -> MixtureUpdate:
         k, n = self.num_domains, self.num_tasks

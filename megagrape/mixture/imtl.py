@@ -32,6 +32,7 @@ from megagrape.mixture.base import (
     required,
     smooth,
 )
+from megagrape.mixture.registry import register_method
 
 
 @dataclass(frozen=True)
@@ -60,18 +61,15 @@ def imtl_weights(gram: Tensor) -> Tensor:
     return torch.cat([(1.0 - tail.sum()).unsqueeze(0), tail])
 
 
+@register_method("imtl", ImtlOptions)
 class Imtl(MixtureMethod):
     """IMTL-G as a data-mixing rule (multi-objective paper, §3)."""
 
-    name = "imtl"
+    required_needs = frozenset({"domain_gram"})
 
     def __init__(self, options: ImtlOptions, context: MixtureContext) -> None:
         super().__init__(context)
         self.options = options
-
-    @property
-    def needs(self) -> frozenset[str]:
-        return frozenset({"domain_gram"})
 
     def update(self, obs: Observation) -> MixtureUpdate:
         k = self.num_domains

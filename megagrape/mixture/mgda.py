@@ -31,6 +31,7 @@ from megagrape.mixture.base import (
     required,
     smooth,
 )
+from megagrape.mixture.registry import register_method
 
 NORMALIZATIONS = ("none", "l2", "loss", "loss+")
 
@@ -118,10 +119,11 @@ def min_norm_weights(gram: Tensor, max_iter: int, tol: float) -> MinNormResult:
     return MinNormResult(weights, iterations, converged, norm_sq, norm_sq - float(product.min()))
 
 
+@register_method("mgda", MgdaOptions)
 class Mgda(MixtureMethod):
     """MGDA (Sener & Koltun 2018) as a data-mixing rule (multi-objective paper, §3)."""
 
-    name = "mgda"
+    required_needs = frozenset({"domain_gram"})
 
     def __init__(self, options: MgdaOptions, context: MixtureContext) -> None:
         super().__init__(context)
@@ -130,8 +132,8 @@ class Mgda(MixtureMethod):
     @property
     def needs(self) -> frozenset[str]:
         if self.options.normalization in ("loss", "loss+"):
-            return frozenset({"domain_gram", "domain_losses"})
-        return frozenset({"domain_gram"})
+            return self.required_needs | {"domain_losses"}
+        return self.required_needs
 
     def update(self, obs: Observation) -> MixtureUpdate:
         k = self.num_domains

@@ -29,6 +29,7 @@ from megagrape.mixture.base import (
     Observation,
     required,
 )
+from megagrape.mixture.registry import register_method
 
 
 @dataclass(frozen=True)
@@ -51,10 +52,11 @@ def exploration_rate(num_domains: int, step: int) -> float:
     return min(1.0 / num_domains, math.sqrt(math.log(num_domains) / (num_domains * max(step, 1))))
 
 
+@register_method("odm", OdmOptions)
 class Odm(MixtureMethod):
     """ODM EXP3 (Albalak et al. 2023) on per-domain training losses."""
 
-    name = "odm"
+    required_needs = frozenset({"domain_losses", "domain_sample_counts"})
     state_fields = ("domain_weights", "cumulative_reward", "epsilon")
 
     def __init__(self, options: OdmOptions, context: MixtureContext) -> None:
@@ -64,10 +66,6 @@ class Odm(MixtureMethod):
         """R̂ [K]: importance-weighted cumulative reward per domain."""
         self.epsilon: float = 1.0 / self.num_domains
         """ε of the last applied event (the reference starts it at 1/K)."""
-
-    @property
-    def needs(self) -> frozenset[str]:
-        return frozenset({"domain_losses", "domain_sample_counts"})
 
     def update(self, obs: Observation) -> MixtureUpdate:
         k = self.num_domains

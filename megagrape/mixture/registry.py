@@ -1,40 +1,57 @@
-"""Build a reweighting method from ``mixture.method`` / ``mixture.options`` and the run's facts."""
+"""The method registry: ``mixture.method`` names -> (options dataclass, method class), and
+building a method from ``mixture.method`` / ``mixture.options`` and the run's facts.
+
+Each method module registers its class with :func:`register_method`; importing
+``megagrape.mixture`` imports every method module, so the registry is full for any user of
+the package. Nothing here knows a method by name: what differs between methods is read from
+class-level facts (``needs_targets``, ``takes_initial_weights``, ``reweights``, see
+:class:`~megagrape.mixture.base.MixtureMethod`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
 
 from megagrape.errors import ConfigError
 from megagrape.mixture.base import DTYPE, MixtureContext, MixtureMethod, uniform
-from megagrape.mixture.doge import Doge, DogeOptions
-from megagrape.mixture.doremi import Doremi, DoremiOptions
-from megagrape.mixture.epo import Epo, EpoOptions
-from megagrape.mixture.grape import Grape, GrapeOptions
-from megagrape.mixture.imtl import Imtl, ImtlOptions
-from megagrape.mixture.mgda import Mgda, MgdaOptions
-from megagrape.mixture.odm import Odm, OdmOptions
 from megagrape.mixture.options import parse_options
-from megagrape.mixture.static import Static, StaticOptions
 from megagrape.utils.distribution import checked_distribution
 from megagrape.utils.names import did_you_mean
 
-_METHODS: dict[str, tuple[type, type[MixtureMethod]]] = {
-    "grape": (GrapeOptions, Grape),
-    "doge": (DogeOptions, Doge),
-    "doremi": (DoremiOptions, Doremi),
-    "odm": (OdmOptions, Odm),
-    "mgda": (MgdaOptions, Mgda),
-    "imtl": (ImtlOptions, Imtl),
-    "epo": (EpoOptions, Epo),
-    "static": (StaticOptions, Static),
-}
+MethodT = TypeVar("MethodT", bound=type[MixtureMethod])
 
-KNOWN_METHODS: tuple[str, ...] = tuple(_METHODS)
-METHODS_NEEDING_TARGETS = frozenset({"grape", "doge"})
+_METHODS: dict[str, tuple[type, type[MixtureMethod]]] = {}
+
+
+def register_method(name: str, options_type: type) -> Callable[[MethodT], MethodT]:
+    """Class decorator: register a MixtureMethod subclass as ``mixture.method: name``.
+
+    ``options_type`` is the frozen dataclass ``mixture.options`` is parsed into. The decorator
+    sets the class's ``name``; a name registered twice raises ValueError.
+    """
+
+    def register(method_type: MethodT) -> MethodT:
+        if not issubclass(method_type, MixtureMethod):
+            raise TypeError(f"register_method({name!r}): {method_type!r} is not a MixtureMethod")
+        if name in _METHODS:
+            raise ValueError(
+                f"register_method({name!r}): already registered by {_METHODS[name][1].__name__}"
+            )
+        method_type.name = name
+        _METHODS[name] = (options_type, method_type)
+        return method_type
+
+    return register
+
+
+def registered_names() -> tuple[str, ...]:
+    """Every registered method name, in registration (import) order."""
+    return tuple(_METHODS)
 
 
 def method_class(name: str) -> type[MixtureMethod]:
@@ -57,23 +74,30 @@ def build_method(
 ) -> MixtureMethod:
     """Validate the mixture config and build the method.
 
-    ``initial_weights`` [K] (a distribution; None = uniform) is where dynamic methods start;
-    static mixtures take their weights from their options instead. ``domain_token_counts``
-    (tokens per domain) is needed by ``static`` with ``source: natural``.
+    ``initial_weights`` [K] (a distribution; None = uniform) is where the method starts; it
+    must be None for methods whose ``takes_initial_weights`` is False (their options give the
+    weights). ``domain_token_counts`` (tokens per domain) is needed by ``static`` with
+    ``source: natural``.
     Raises ConfigError naming the field for every invalid input.
     """
     options_type, method_type = _METHODS[_known(name)]
     domains = _names(domain_names, "domain", minimum=1)
     tasks = _names(task_names, "target task", minimum=0)
-    if name in METHODS_NEEDING_TARGETS and not tasks:
+    if method_type.needs_targets and not tasks:
+        without = [
+            other
+            for other, (_, other_type) in _METHODS.items()
+            if other_type.reweights and not other_type.needs_targets
+        ]
         raise ConfigError(
             f"mixture.method = {name!r} optimises the mixture for target tasks, but the run has "
-            f"none; add targets or choose a method without targets (doremi, odm, mgda, imtl, epo)"
+            f"none; add targets or choose a method without targets ({', '.join(without)})"
         )
-    if name == "static" and initial_weights is not None:
+    if not method_type.takes_initial_weights and initial_weights is not None:
+        fields = ", ".join(spec.name for spec in dataclasses.fields(options_type))
         raise ConfigError(
-            "mixture.initial_weights is set but mixture.method = 'static' takes its weights from "
-            "mixture.options (source: uniform | natural | file | inline); remove initial_weights"
+            f"mixture.initial_weights is set but mixture.method = {name!r} takes its weights from "
+            f"mixture.options ({fields}); remove initial_weights"
         )
     context = MixtureContext(
         domain_names=domains,
@@ -95,10 +119,11 @@ def validate_method_options(name: str, options: Mapping[str, Any] | None) -> Non
 def _known(name: Any) -> str:
     if isinstance(name, str) and name in _METHODS:
         return name
-    hint = did_you_mean(str(name), KNOWN_METHODS)
+    known = registered_names()
+    hint = did_you_mean(str(name), known)
     hint = f"{hint} " if hint else ""
     raise ConfigError(
-        f"mixture.method = {name!r} is not a known method; {hint}known methods: {', '.join(KNOWN_METHODS)}"
+        f"mixture.method = {name!r} is not a known method; {hint}known methods: {', '.join(known)}"
     )
 
 

@@ -38,6 +38,7 @@ from megagrape.mixture.base import (
     Observation,
     uniform,
 )
+from megagrape.mixture.registry import register_method
 from megagrape.utils.distribution import checked_distribution
 
 SOURCES = ("uniform", "natural", "file", "inline")
@@ -159,10 +160,10 @@ def natural_weights(token_counts: Sequence[int], domain_names: Sequence[str]) ->
     return torch.tensor([count / total for count in token_counts], dtype=DTYPE)
 
 
+@register_method("static", StaticOptions)
 class Static(MixtureMethod):
     """A mixture that never changes; ``update`` reports it back unchanged."""
 
-    name = "static"
     reweights = False
     takes_initial_weights = False
     state_fields = ("domain_weights",)
@@ -191,10 +192,6 @@ class Static(MixtureMethod):
                 normalize=options.normalize,
                 source="mixture.options.weights",
             )
-
-    @property
-    def needs(self) -> frozenset[str]:
-        return frozenset()
 
     def update(self, obs: Observation) -> MixtureUpdate:
         return self.applied({})
