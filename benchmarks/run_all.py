@@ -187,7 +187,9 @@ def gram_section(record: dict) -> list[str]:
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        copy = f"{r['fraction_of_copy_bandwidth']:.2f}" if "fraction_of_copy_bandwidth" in r else "-"
+        copy = (
+            f"{r['fraction_of_copy_bandwidth']:.2f}" if "fraction_of_copy_bandwidth" in r else "-"
+        )
         lines.append(
             f"| {r['variant']} | {r['kernel_s']:.4f} | {r['reference_s']:.4f} | {r['speedup']:.1f} | "
             f"{r['kernel_gb_s']:.1f} | {r['sum_gb_s']:.1f} | {r['fraction_of_sum_bandwidth']:.2f} | {copy} |"
@@ -329,7 +331,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda (the Gram kernel's device)")
     parser.add_argument("--report-only", action="store_true", help="only re-render the page")
     parser.add_argument("--mixture-dir", default="runs/bench_mixture")
-    parser.add_argument("--mixture-run", action="store_true", help="also run tools/bench_mixture.py")
+    parser.add_argument(
+        "--mixture-run", action="store_true", help="also run tools/bench_mixture.py"
+    )
     args = parser.parse_args()
     names = [n for n in args.only.split(",") if n]
     unknown = sorted(set(names) - set(SCRIPTS))

@@ -39,7 +39,9 @@ def start_trainer(config: str, ds_config: str, overrides: list[str], edit=None) 
     cfg.train.lr_warmup_iters = min(cfg.train.lr_warmup_iters, cfg.train.train_iters)
     cfg.validate(world_size=1)
     env = parallel.init_distributed(cfg.parallel, cfg.seed)
-    ds = resolve_ds_config(read_ds_config(ds_config), cfg, env.world_size, env.device, pipeline=False)
+    ds = resolve_ds_config(
+        read_ds_config(ds_config), cfg, env.world_size, env.device, pipeline=False
+    )
     return build_trainer(cfg, ds, env)
 
 
@@ -53,7 +55,9 @@ def replicate_corpus(cfg: RunConfig, domains: int, targets: int, workdir: Path) 
     target_dir = Path(cfg.data.corpus) / "targets"
     target_files = sorted(target_dir.glob("*.jsonl"))
     if not prefixes or not target_files:
-        raise SystemExit(f"{cfg.data.corpus}: needs bin/*.idx and targets/*.jsonl (prepare it first)")
+        raise SystemExit(
+            f"{cfg.data.corpus}: needs bin/*.idx and targets/*.jsonl (prepare it first)"
+        )
     cfg.data.prefixes = {f"domain{i:03d}": prefixes[i % len(prefixes)] for i in range(domains)}
     cfg.data.domains = list(cfg.data.prefixes)
     linked = workdir / "targets"

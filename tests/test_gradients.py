@@ -140,7 +140,9 @@ def _params_after_one_step(rank, world_size, corpus, out, interval, schedule):
     )
     trainer.train_step()
     captured = trainer.mixture.last_observation is not None
-    flat = torch.cat([p.detach().reshape(-1) for p in trainer.module.engine.module.parameters()]).clone()
+    flat = torch.cat(
+        [p.detach().reshape(-1) for p in trainer.module.engine.module.parameters()]
+    ).clone()
     parallel.destroy_distributed()
     return {
         "params": flat.numpy(),

@@ -100,7 +100,9 @@ def resolve_domains(data: DataConfig) -> list[DomainSpec]:
 
 def resolve_target_files(targets: TargetsConfig, corpus: str) -> dict[str, Path]:
     """Task name -> file for ``targets`` (empty when the run has no target directory)."""
-    target_dir = Path(targets.dir) if targets.dir else (Path(corpus) / "targets" if corpus else None)
+    target_dir = (
+        Path(targets.dir) if targets.dir else (Path(corpus) / "targets" if corpus else None)
+    )
     if target_dir is None:
         return {}
     field_name = "targets.dir" if targets.dir else "data.corpus"

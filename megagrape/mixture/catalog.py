@@ -66,7 +66,9 @@ def describe_method(name: str) -> str:
     lines.append("")
     lines.append("mixture.options (default, meaning):")
     for spec in dataclasses.fields(cls):
-        default = spec.default if spec.default is not dataclasses.MISSING else spec.default_factory()
+        default = (
+            spec.default if spec.default is not dataclasses.MISSING else spec.default_factory()
+        )
         lines.append(f"  {spec.name} = {default!r}")
         for doc_line in docs.get(spec.name, "").splitlines():
             lines.append(f"      {doc_line}")

@@ -16,7 +16,7 @@ and l_n the mean signal loss of target task n. How they are obtained:
   the DP group gives every rank the same grad l_n (stored as N vectors of this rank's shards,
   fp32 or bf16, on the device or the CPU: ``mixture.capture_dtype`` / ``capture_device``).
 * Per-domain information, ``linear`` mode (ZeRO 0/1): the training micro-batches run in
-  domain-pure rounds (megagrape/microbatches.py ``by_domain``). After each backward,
+  domain-pure rounds (megagrape/data/microbatches.py ``by_domain``). After each backward,
   ``p.grad`` holds this rank's accumulated, not yet reduced gradient; its products with the
   stored target gradients, differenced between rounds, are the round's contribution. By
   linearity, summing these over rounds of domain k and over ranks gives <sum of domain-k
@@ -27,7 +27,7 @@ and l_n the mean signal loss of target task n. How they are obtained:
 * Domains absent from the step's global batch get a probe on their next unconsumed samples
   (peeked, not consumed), so every row of G is defined.
 
-Every product runs through ``megagrape.gram.gram_matrix`` (the fused csrc kernel) over the
+Every product runs through ``megagrape.ops.gram_matrix`` (the fused csrc kernel) over the
 parameters this rank counts (tensor-parallel duplicates only on TP rank 0), then ONE
 all-reduce of the small matrix. Training gradients are never modified: a step with capture
 leaves the parameters bit-identical to the same step without it.

@@ -142,6 +142,7 @@ def finalize_save(partial: Path, final: Path, step: int, world_size: int, root: 
     write_json_atomic(
         partial / COMPLETE_FILE,
         {"step": step, "world_size": world_size, "files": _list_files(partial)},
+        fsync=True,
     )
     if final.exists():
         shutil.rmtree(final)
@@ -175,7 +176,7 @@ def save_checkpoint(engine, root: Path, step: int, state: dict[str, Any], keep_l
     torch.distributed.barrier()
     engine.save_checkpoint(str(root), tag=partial.name, client_state={}, save_latest=False)
     if rank == 0:
-        write_json_atomic(partial / STATE_FILE, state)
+        write_json_atomic(partial / STATE_FILE, state, fsync=True)
     torch.distributed.barrier()
     if rank == 0:
         _maybe_die_for_test(step)

@@ -36,7 +36,9 @@ def _own_arguments() -> argparse.ArgumentParser:
     parser.add_argument(
         "--ds_config", "--deepspeed_config", dest="ds_config", default=None, help="DeepSpeed JSON"
     )
-    parser.add_argument("--local_rank", type=int, default=None, help="set by the deepspeed launcher")
+    parser.add_argument(
+        "--local_rank", type=int, default=None, help="set by the deepspeed launcher"
+    )
     parser.add_argument("-h", "--help", action="store_true", help="show every config field")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--dry-run", action="store_true", help="check everything, start nothing")

@@ -381,7 +381,7 @@ class MixtureController:
                 **self.average.as_dict(self.data.domain_names),
                 "method": self.method.name,
             }
-            write_json_atomic(run_dir / "mixture_average.json", document)
+            write_json_atomic(run_dir / "mixture_average.json", document, fsync=True)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
