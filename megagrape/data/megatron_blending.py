@@ -1,5 +1,5 @@
 """megatron-core's blending builder: the reference the C++ segment builder is checked
-(tests/test_blending.py) and timed (benchmarks/bench_blending.py) against."""
+(tests/unit/test_blending.py) and timed (benchmarks/bench_blending.py) against."""
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ overwrites each param group's ``weight_decay`` with its own weight-decay schedul
 lr, min_lr, warmup and decay length from the checkpoint instead of the run config (or asserts
 they are equal) and does not store the WSD fields. Where the semantics are shared (every step
 from the end of warmup on, for linear, cosine and WSD) our lr equals its ``get_lr()``;
-tests/test_schedule.py checks this.
+tests/unit/test_schedule.py checks this.
 """
 
 from __future__ import annotations

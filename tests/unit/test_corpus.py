@@ -44,7 +44,7 @@ from megagrape.data.corpus.sources import (
 )
 from megagrape.errors import DataError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 # ---- tiny package builders ---------------------------------------------------------------------
 

@@ -249,13 +249,13 @@ def test_bad_input_names_vector_and_slot(a, b, error, words):
 
 
 EMULATION_DIR = Path(__file__).parent / "gram_cuda_emulation"
-CSRC = Path(__file__).parents[1] / "csrc"
+CSRC = Path(__file__).parents[2] / "csrc"
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++ (C++20)")
 def test_cuda_kernels_in_cpu_emulation(tmp_path):
-    """csrc/gram_cuda.cu's kernels, run on the CPU (tests/gram_cuda_emulation/cuda_mock.h),
+    """csrc/gram_cuda.cu's kernels, run on the CPU (tests/unit/gram_cuda_emulation/cuda_mock.h),
     match a float64 reference: covers the CUDA indexing and reduction where CI has no GPU."""
     source, launches = re.subn(
         r"(\w+)<<<(.+?), kThreads, 0, stream>>>\(",

@@ -14,7 +14,7 @@ from megagrape.experiments import regmix
 from megagrape.experiments.regmix_proxies import objective_value, plan_proxies
 
 PRIOR = np.array([0.55, 0.25, 0.12, 0.06, 0.02])
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_sampler_respects_bounds_rounding_and_uniqueness():

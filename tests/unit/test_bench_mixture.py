@@ -199,7 +199,7 @@ def fake_job(tmp_path: Path, name: str, requires: str | None = None, lr: str = "
             "data.corpus=unused",
             f"train.lr={lr}",
         ),
-        ds_config=str(Path(__file__).resolve().parents[1] / "configs/ds/zero0.json"),
+        ds_config=str(Path(__file__).resolve().parents[2] / "configs/ds/zero0.json"),
         result_path=str(tmp_path / "results" / f"{name}.json"),
         log_path=str(tmp_path / "logs" / f"{name}.log"),
         requires=requires,

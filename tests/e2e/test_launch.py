@@ -15,7 +15,7 @@ import torch
 
 from tests.run_utils import write_run_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCRIPT = str(REPO / "tools" / "pretrain_grape.py")
 
 

@@ -1,5 +1,5 @@
 // Runs csrc/gram_cuda.cu's kernels under cuda_mock.h against a float64 CPU reference.
-// Built by tests/test_gram_kernel.py, which rewrites the two kernel launches of the .cu into
+// Built by tests/unit/test_gram_kernel.py, which rewrites the two kernel launches of the .cu into
 // emulated_launch(...) calls, saves that as gram_cuda_emulated.inc in a build folder, and puts
 // there a cuda_runtime_api.h that includes cuda_mock.h.
 #include <cmath>

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from megagrape.config import load_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location(
     "convert_grape_config", REPO / "tools" / "convert_grape_config.py"
 )

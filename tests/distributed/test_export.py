@@ -518,7 +518,7 @@ def test_lm_eval_task_files_are_consistent():
     the group lists exactly the tasks (the files are parsed by lm-eval, not installed here)."""
     import yaml
 
-    task_dir = Path(__file__).resolve().parent.parent / "tools" / "lm_eval_tasks"
+    task_dir = Path(__file__).resolve().parents[2] / "tools" / "lm_eval_tasks"
     template = yaml.safe_load((task_dir / "_megagrape_mc_template_yaml").read_text())
     assert template["output_type"] == "multiple_choice" and template["target_delimiter"] == ""
     assert (template["doc_to_text"], template["doc_to_choice"], template["doc_to_target"]) == (

@@ -2,7 +2,7 @@
 // (slowly) on a machine without a GPU: every block runs on its own after the previous one,
 // with one std::thread per CUDA thread, so __syncthreads and warp shuffles have their GPU
 // meaning (all lanes of a warp exchange values at the same step). Used only by
-// tests/test_gram_kernel.py::test_cuda_kernels_in_cpu_emulation.
+// tests/unit/test_gram_kernel.py::test_cuda_kernels_in_cpu_emulation.
 #pragma once
 #include <algorithm>
 #include <barrier>

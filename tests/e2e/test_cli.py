@@ -24,7 +24,7 @@ from megagrape.train.preflight import preflight
 from tests.dist_utils import free_port
 from tests.run_utils import tiny_config, write_run_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCRIPT = str(REPO / "tools" / "pretrain_grape.py")
 ZERO1 = "configs/ds/zero1.json"
 

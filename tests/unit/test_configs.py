@@ -10,7 +10,7 @@ from megagrape.config import load_config
 from megagrape.errors import ConfigError
 from megagrape.mixture import build_method
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PRESET_NAMES = {
     "quickstart": (
         ["code_python", "legal", "literature", "tech_docs"],

