@@ -133,35 +133,47 @@ def validate_prefix(prefix: str | Path, domain_name: str) -> IndexSummary:
 def discover_domains(
     bin_dir: str | Path, names: Sequence[str] | None = None, suffix: str = DOCUMENT_SUFFIX
 ) -> list[DomainSpec]:
-    """Domains in ``bin_dir``: every ``<name>_text_document.idx``, sorted by name, or ``names``.
+    """Domains in ``bin_dir``: every ``<name>_text_document.bin``/``.idx`` pair, sorted by name.
 
     With ``names``, each must have its ``<bin_dir>/<name>_text_document`` prefix; the order of
-    ``names`` is kept.
+    ``names`` is kept. A prefix with only one of its two files (what a preprocessing run
+    killed between its two renames leaves) is a DataError, never a silently dropped domain.
+    Preprocessing's temporary ``.bin.partial``/``.idx.partial`` files are not domains.
     """
     bin_dir = Path(bin_dir)
     if not bin_dir.is_dir():
         raise DataError(
             f"{bin_dir}: no such directory; run tools/preprocess_data.py --output-dir {bin_dir}"
         )
+    indexes, binaries = _names_with(bin_dir, suffix + ".idx"), _names_with(bin_dir, suffix + ".bin")
     if names is None:
-        found = sorted(p.name[: -len(suffix + ".idx")] for p in bin_dir.glob(f"*{suffix}.idx"))
-        if not found:
+        names = sorted(indexes | binaries)
+        if not names:
             raise DataError(
-                f"{bin_dir}: no *{suffix}.idx files; run tools/preprocess_data.py --output-dir {bin_dir}"
+                f"{bin_dir}: no *{suffix}.bin/.idx files; run tools/preprocess_data.py "
+                f"--output-dir {bin_dir}"
             )
-        names = found
     specs = [DomainSpec(name=name, prefix=str(bin_dir / f"{name}{suffix}")) for name in names]
     _check_unique(specs)
     for spec in specs:
-        if not Path(spec.prefix + ".idx").is_file():
-            available = sorted(
-                p.name[: -len(suffix + ".idx")] for p in bin_dir.glob(f"*{suffix}.idx")
-            )
+        has_idx, has_bin = spec.name in indexes, spec.name in binaries
+        if not (has_idx or has_bin):
             raise DataError(
-                f"domain {spec.name!r}: {spec.prefix}.idx not found; domains in {bin_dir}: "
-                f"{', '.join(available) or 'none'}"
+                f"domain {spec.name!r}: {spec.prefix}.bin/.idx not found; domains in {bin_dir}: "
+                f"{', '.join(sorted(indexes & binaries)) or 'none'}"
+            )
+        if has_idx != has_bin:
+            present, missing = (".bin", ".idx") if has_bin else (".idx", ".bin")
+            raise DataError(
+                f"domain {spec.name!r}: {spec.prefix}{missing} is missing next to "
+                f"{spec.prefix}{present} (an interrupted preprocessing run leaves this); {_FIX}"
             )
     return specs
+
+
+def _names_with(directory: Path, ending: str) -> set[str]:
+    """Names ``<name>`` of the files ``<name><ending>`` in ``directory``."""
+    return {path.name[: -len(ending)] for path in directory.glob(f"*{ending}") if path.is_file()}
 
 
 def count_tokens(prefix: str | Path) -> int:

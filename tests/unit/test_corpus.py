@@ -518,6 +518,40 @@ def test_from_dir_reports_file_and_line_of_a_bad_line(tmp_path):
     assert not list((tmp_path / "out/domains").glob(".*"))
 
 
+def test_from_dir_failure_leaves_no_out_and_keeps_an_earlier_one(tmp_path, capsys):
+    """An empty domain fails the run before anything reaches --out (new or from a good run)."""
+    import runpy
+
+    tool = runpy.run_path(str(ROOT / "tools/prepare_corpus.py"), run_name="prepare_corpus_tool")
+    src = _user_dir(tmp_path / "src")
+    (src / "domains/zempty.jsonl").write_text("\n\n")  # sorted last: the others are copied first
+    out = tmp_path / "out"
+    assert tool["main"](["--from-dir", str(src), "--out", str(out), "--quiet"]) == 1
+    assert "zempty.jsonl: no valid records" in capsys.readouterr().err
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]  # no staging directory either
+
+    (src / "domains/zempty.jsonl").unlink()
+    (src / "domains/web.jsonl").write_text('{"text": "first"}\n')
+    assert tool["main"](["--from-dir", str(src), "--out", str(out), "--quiet"]) == 0
+    (out / "bin").mkdir()
+    (out / "bin/kept.idx").write_bytes(b"later step")
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    (src / "domains/web.jsonl").write_text('{"text": "second"}\n')
+    (src / "domains/zempty.jsonl").write_text("\n")
+    with pytest.raises(DataError, match=r"zempty\.jsonl: no valid records"):
+        prepare_from_dir(src, out, progress=False)
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "src"]
+
+    (src / "domains/zempty.jsonl").unlink()
+    manifest = prepare_from_dir(src, out, progress=False)
+    assert _lines(out / "domains/web.jsonl") == [{"text": "second"}]
+    assert read_manifest(out) == manifest
+    assert (out / "bin/kept.idx").read_bytes() == b"later step"  # a rerun keeps other files
+
+
 def test_from_dir_checks_multiple_choice_fields(tmp_path):
     src = _user_dir(tmp_path / "src")
     bad = {"id": "2", "context": "Q:", "choices": [" a", " b"], "gold": 2}

@@ -61,8 +61,30 @@ def test_discover_and_count(bin_dir):
 
 
 def test_discover_empty_directory(tmp_path):
-    with pytest.raises(DataError, match=r"no \*_text_document\.idx"):
+    with pytest.raises(DataError, match=r"no \*_text_document\.bin/\.idx"):
         discover_domains(tmp_path)
+
+
+@pytest.mark.parametrize("removed, present", [(".idx", ".bin"), (".bin", ".idx")])
+def test_discover_refuses_a_half_written_domain(bin_dir, removed, present):
+    """A domain with one of its two files is an error naming it, never a dropped domain."""
+    prefix = bin_dir / "beta_text_document"
+    Path(f"{prefix}{removed}").unlink()
+    message = (
+        rf"domain 'beta': {prefix}\{removed} is missing next to {prefix}\{present}"
+        r".*re-run tools/preprocess_data\.py"
+    )
+    with pytest.raises(DataError, match=message):
+        discover_domains(bin_dir)
+    with pytest.raises(DataError, match=message):
+        discover_domains(bin_dir, names=["alpha", "beta"])
+
+
+def test_discover_ignores_preprocessing_partial_files(bin_dir):
+    """``.bin.partial``/``.idx.partial`` (a file preprocessing is still writing) are no domain."""
+    for ending in (".bin.partial", ".idx.partial"):
+        (bin_dir / f"gamma_text_document{ending}").write_bytes(b"half")
+    assert [s.name for s in discover_domains(bin_dir)] == ["alpha", "beta"]
 
 
 def test_samples_have_shapes_shift_and_come_from_the_domain(bin_dir, tmp_path):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import re
 import shutil
@@ -29,6 +30,7 @@ import numpy as np
 from tqdm import tqdm
 
 from megagrape.data.corpus.manifest import (
+    MANIFEST_NAME,
     TOOL_VERSION,
     EntryInfo,
     Manifest,
@@ -37,7 +39,7 @@ from megagrape.data.corpus.manifest import (
     write_manifest,
 )
 from megagrape.errors import DataError
-from megagrape.utils.atomic import atomic_path
+from megagrape.utils.atomic import temporary_sibling
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _IDX_HEADER = b"MMIDIDX\x00\x00"
@@ -194,7 +196,10 @@ def prepare_from_dir(
 
     With ``out_dir`` equal to ``src`` nothing is copied and bad lines are an error even with
     ``skip_bad_lines`` (the user's files are never rewritten); otherwise the files are
-    copied to ``out_dir`` (good lines only).
+    copied to ``out_dir`` (good lines only). Nothing reaches ``out_dir`` before every entry
+    has passed: the copies and the manifest are written to a hidden staging sibling
+    (``.<out>.tmp-<pid>``) and moved in at the end, the manifest last. A failed run deletes
+    the staging directory, so it leaves no ``out_dir`` behind and an earlier one as it was.
     """
     src, out_dir = Path(src), Path(out_dir)
     if not (src / "domains").is_dir():
@@ -202,32 +207,67 @@ def prepare_from_dir(
             f"{src}: no domains/ folder; a corpus directory holds domains/<name>.jsonl "
             "(and targets/<task>.jsonl); see docs/corpora.md"
         )
-    in_place = out_dir.resolve() == src.resolve()
+    groups = {"domains": _entries(src / "domains")}
+    if not groups["domains"]:
+        raise DataError(f"{src / 'domains'}: no .jsonl files or .bin/.idx prefixes")
+    groups["targets"] = _entries(src / "targets") if (src / "targets").is_dir() else {}
+    if out_dir.resolve() == src.resolve():
+        manifest = _validate_all(groups, src, None, skip_bad_lines, progress)
+        write_manifest(src, manifest)
+        return manifest
+    staging = temporary_sibling(out_dir)
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        manifest = _validate_all(groups, src, staging, skip_bad_lines, progress)
+        write_manifest(staging, manifest)
+        _publish(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return manifest
+
+
+def _validate_all(
+    groups: dict[str, dict[str, tuple[str, Path]]],
+    src: Path,
+    copy_dir: Path | None,
+    skip_bad_lines: bool,
+    progress: bool,
+) -> Manifest:
+    """The manifest of every entry of ``groups``, copied under ``copy_dir`` (None: in place)."""
     manifest = Manifest(
         preset="from-dir",
         created=utc_now(),
         tool_version=TOOL_VERSION,
         python_version=platform.python_version(),
     )
-    groups = {"domains": _entries(src / "domains")}
-    if not groups["domains"]:
-        raise DataError(f"{src / 'domains'}: no .jsonl files or .bin/.idx prefixes")
-    groups["targets"] = _entries(src / "targets") if (src / "targets").is_dir() else {}
     total = sum(len(entries) for entries in groups.values())
     with tqdm(total=total, desc="validate", unit="file", disable=not progress) as bar:
         for group, entries in groups.items():
-            if not in_place:
-                (out_dir / group).mkdir(parents=True, exist_ok=True)
+            if copy_dir is not None:
+                (copy_dir / group).mkdir(parents=True, exist_ok=True)
             for name, (fmt, path) in entries.items():
                 bar.set_postfix_str(f"{group}/{name}")
-                entry = _validate_entry(
-                    group, name, fmt, path, src, out_dir, in_place, skip_bad_lines
-                )
+                entry = _validate_entry(group, name, fmt, path, src, copy_dir, skip_bad_lines)
                 getattr(manifest, group)[name] = entry
                 bar.update(1)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_manifest(out_dir, manifest)
     return manifest
+
+
+def _publish(staging: Path, out_dir: Path) -> None:
+    """Move the finished ``staging`` tree into ``out_dir``: one rename, or file by file.
+
+    An existing ``out_dir`` keeps whatever else it holds (e.g. bin/ and tokenizer/ written
+    by later steps); its manifest is replaced last.
+    """
+    if not out_dir.exists():
+        staging.rename(out_dir)
+        return
+    files = [path for path in staging.rglob("*") if path.is_file()]
+    for path in sorted(files, key=lambda path: (path == staging / MANIFEST_NAME, path)):
+        destination = out_dir / path.relative_to(staging)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, destination)
 
 
 def _validate_entry(
@@ -236,31 +276,31 @@ def _validate_entry(
     fmt: str,
     path: Path,
     src: Path,
-    out_dir: Path,
-    in_place: bool,
+    copy_dir: Path | None,
     skip_bad_lines: bool,
 ) -> EntryInfo:
     relative = f"{group}/{name}" + (".jsonl" if fmt == "jsonl" else "")
     if fmt == "indexed":
         count = indexed_documents(path)
-        if not in_place:
+        if copy_dir is not None:
             for suffix in (".bin", ".idx"):
-                shutil.copyfile(path.with_name(name + suffix), out_dir / group / (name + suffix))
+                shutil.copyfile(path.with_name(name + suffix), copy_dir / group / (name + suffix))
         size = sum(path.with_name(name + s).stat().st_size for s in (".bin", ".idx"))
         kind, skipped, sha256 = ("text" if group == "domains" else "lm"), 0, ""
     else:
         target = group == "targets"
-        if in_place:
+        if copy_dir is None:
             kind, count, skipped, sha256 = validate_jsonl(path, target, skip_bad_lines, None)
             if skipped:
                 raise DataError(
                     f"{path}: {skipped} bad line(s) cannot be dropped in place; pass a different "
                     "--out to write cleaned copies there"
                 )
+            size = path.stat().st_size
         else:
-            with atomic_path(out_dir / relative) as copy:
-                kind, count, skipped, sha256 = validate_jsonl(path, target, skip_bad_lines, copy)
-        size = (out_dir / relative).stat().st_size
+            copy = copy_dir / relative
+            kind, count, skipped, sha256 = validate_jsonl(path, target, skip_bad_lines, copy)
+            size = copy.stat().st_size
     source = SourceInfo(
         registry="local",
         package=str(src.resolve()),
