@@ -26,6 +26,7 @@ from megagrape.parallel import ParallelConfig
 LR_DECAY_STYLES = ("constant", "linear", "cosine", "exponential", "wsd")
 LR_WSD_DECAY_STYLES = ("linear", "cosine", "exponential", "minus_sqrt")
 MICROBATCH_SCHEDULES = ("auto", "fixed", "by_domain")
+EXIT_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")
 APPLY_MODES = ("sample", "loss")
 
 
@@ -223,6 +224,21 @@ class TrainConfig:
     exit_interval: int = 0
     """Save a checkpoint and exit after every N optimizer steps of this invocation (0 = off), for
     jobs that must fit a scheduler's time limit: the next launch resumes where this one stopped."""
+    exit_duration_minutes: float = 0.0
+    """Save a checkpoint and exit (code 0) at the first step boundary after this many minutes of
+    this invocation (0 = off; Megatron's --exit-duration-in-mins)."""
+    exit_signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1"])
+    """Signals that make every rank save a checkpoint at the next step boundary and exit with
+    code 0 (Slurm sends SIGTERM at a time limit or preemption); add SIGINT for Ctrl-C."""
+    divergence_max_bad_steps: int = 3
+    """Stop the run (exit code 3) after this many consecutive bad steps: non-finite loss or
+    gradient norm, or a loss spike (divergence_spike_factor). Bad steps are never checkpointed.
+    0 = never stop."""
+    divergence_spike_factor: float = 4.0
+    """A loss above this many times the mean of the last divergence_history good losses counts as
+    a bad step (0 = only non-finite values count)."""
+    divergence_history: int = 20
+    """Good steps (at most) the spike test averages over."""
     microbatch_schedule: str = "auto"
     """fixed: GAS equal micro-batches; by_domain: domain-pure micro-batch rounds aligned across
     ranks (needed to read per-domain gradients from training micro-batches); auto: by_domain
@@ -289,6 +305,38 @@ class TrainConfig:
         _require(
             self.exit_interval >= 0, "train.exit_interval", self.exit_interval, "allowed: >= 0"
         )
+        _require(
+            math.isfinite(self.exit_duration_minutes) and self.exit_duration_minutes >= 0,
+            "train.exit_duration_minutes",
+            self.exit_duration_minutes,
+            "allowed: minutes >= 0 (0 = off)",
+        )
+        for name in self.exit_signals:
+            _require(
+                name in EXIT_SIGNALS,
+                "train.exit_signals",
+                self.exit_signals,
+                f"allowed: a list of {', '.join(EXIT_SIGNALS)}",
+            )
+        _require(
+            self.divergence_max_bad_steps >= 0,
+            "train.divergence_max_bad_steps",
+            self.divergence_max_bad_steps,
+            "allowed: >= 0 (0 = never stop)",
+        )
+        _require(
+            math.isfinite(self.divergence_spike_factor)
+            and (self.divergence_spike_factor == 0 or self.divergence_spike_factor > 1),
+            "train.divergence_spike_factor",
+            self.divergence_spike_factor,
+            "allowed: 0 (off) or a number > 1",
+        )
+        _require(
+            self.divergence_history >= 1,
+            "train.divergence_history",
+            self.divergence_history,
+            "allowed: an integer >= 1",
+        )
         _require(self.clip_grad >= 0, "train.clip_grad", self.clip_grad, "allowed: >= 0 (0 = off)")
         _require(
             self.microbatch_schedule in MICROBATCH_SCHEDULES,
@@ -314,6 +362,13 @@ class CheckpointConfig:
     """auto: newest complete checkpoint in dir if any; none: start fresh; or a checkpoint path."""
     dir: str = ""
     """Default <output_dir>/<name>/checkpoints."""
+    allow_changes: list[str] = field(default_factory=list)
+    """Run-config fields (dotted, or a section such as train) that may differ from the run that
+    wrote the checkpoint being resumed, e.g. [train.lr]; every other change stops the resume.
+    Each allowed change is recorded in <run_dir>/launches.jsonl."""
+    checksums: bool = True
+    """Record a sha256 of every checkpoint file and verify it on resume (a damaged checkpoint is
+    skipped for the next older one); off: sizes only (for very large checkpoints)."""
 
     def validate(self) -> None:
         _require(self.interval >= 0, "checkpoint.interval", self.interval, "allowed: >= 0")

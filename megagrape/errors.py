@@ -7,3 +7,11 @@ class ConfigError(ValueError):
 
 class DataError(ValueError):
     """A data file, domain, tokenizer or target cannot be used as given."""
+
+
+class CheckpointSaveError(RuntimeError):
+    """A checkpoint could not be written (on any rank); older checkpoints are intact."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The divergence guard stopped the run (train.divergence_max_bad_steps bad steps in a row)."""

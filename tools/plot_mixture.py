@@ -13,7 +13,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from megagrape.errors import DataError
-from megagrape.experiments.plots import plot_mixture, read_mixture
+from megagrape.train.mixture_plot import plot_mixture, read_mixture
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

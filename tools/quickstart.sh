@@ -14,10 +14,10 @@ NPROC=${NPROC:-2}
 "$PY" tools/preprocess_data.py --input "$DATA/domains" --output-dir "$DATA/bin" --tokenizer train:8192 --workers 2
 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} deepspeed --num_gpus "$NPROC" tools/pretrain_grape.py \
     --ds_config configs/ds/zero1.json --config configs/quickstart.yaml "$@"
-"$PY" tools/plot_mixture.py runs/quickstart
 "$PY" - <<'PY'
 import json
 records = [json.loads(line) for line in open("runs/quickstart/mixture.jsonl")]
+records = [r for r in records if not r.get("initial")]  # step 0: the starting weights
 first, last = records[0], records[-1]
 print(f"\nGRAPE moved the mixture over {len(records)} reweighting events (step {first['step']} -> {last['step']}):")
 for name, weight in last["domain_weights"].items():

@@ -53,6 +53,7 @@ class TrainingData:
     budgets: list[int]  # [K] samples each domain's dataset holds (the sampler's budget)
     datasets: list  # [K] megatron-core GPTDataset, samples of seq_length tokens
     tasks: list[TargetTask]  # [N]
+    target_files: dict[str, Path]  # [N] task name -> the file its items came from
 
     @property
     def domain_names(self) -> list[str]:
@@ -200,4 +201,5 @@ def build_training_data(cfg: RunConfig) -> TrainingData:
         budgets=budgets,
         datasets=datasets,
         tasks=tasks,
+        target_files=sources.target_files,
     )

@@ -1,4 +1,4 @@
-"""Experiments above the engine: the mixture benchmark, RegMix sweeps and plots of runs.
+"""Experiments above the engine: the mixture benchmark and RegMix sweeps, with their figures.
 
 Every experiment trains through ``megagrape.train`` (never the other way round).
 
@@ -15,8 +15,6 @@ The mixture benchmark (the same model and token budget under several methods and
 RegMix: ``regmix`` (sample mixtures, fit mixture -> loss, search) and ``regmix_proxies`` (one
 short static-mixture run per sampled mixture, at a benchmark scale).
 
-``plots``: a run's mixture history (mixture.jsonl) as a stacked-weights figure.
-
-Command lines: tools/bench_mixture.py, tools/regmix.py, tools/plot_mixture.py;
+Command lines: tools/bench_mixture.py, tools/regmix.py;
 docs/benchmarks_mixture.md has the measured results.
 """

@@ -118,6 +118,10 @@ class MixtureMethod(ABC):
     takes_initial_weights: ClassVar[bool] = True
     """False when the weights come from the method's own options (mixture.initial must stay
     uniform and is not passed)."""
+    domain_diagnostics: ClassVar[frozenset[str]] = frozenset()
+    """Diagnostics that are [K] lists in domain order (recorded by domain name)."""
+    task_diagnostics: ClassVar[frozenset[str]] = frozenset()
+    """Diagnostics that are [N] lists in target order (recorded by target name)."""
     state_fields: ClassVar[tuple[str, ...]] = ("domain_weights", "task_weights")
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

@@ -92,6 +92,8 @@ class Doge(MixtureMethod):
     ``task_weights`` holds the fixed z (reported with every update, never changed).
     """
 
+    domain_diagnostics = frozenset({"raw_scores", "domain_scores"})
+
     required_needs = frozenset({"domain_target_gram"})
     state_fields = ("domain_weights", "loss_ema")
 

@@ -48,6 +48,8 @@ class DoremiOptions:
 class Doremi(MixtureMethod):
     """DoReMi (Xie et al. 2023) domain reweighting from trainer-measured excess losses."""
 
+    domain_diagnostics = frozenset({"excess_losses"})
+
     required_needs = frozenset({"domain_excess_losses"})
     state_fields = ("domain_weights", "excess_losses")
 

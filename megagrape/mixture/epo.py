@@ -105,6 +105,8 @@ def epo_lp(
 class Epo(MixtureMethod):
     """EPO as a data-mixing rule (multi-objective paper, §5.1) on the domain Gram and losses."""
 
+    domain_diagnostics = frozenset({"lp_weights"})
+
     required_needs = frozenset({"domain_gram", "domain_losses"})
 
     def __init__(self, options: EpoOptions, context: MixtureContext) -> None:

@@ -84,6 +84,9 @@ class GrapeOptions:
 class Grape(MixtureMethod):
     """GRAPE (arXiv 2505.20380) with the exact z-weighted target direction."""
 
+    domain_diagnostics = frozenset({"domain_scores", "gram_row_sums"})
+    task_diagnostics = frozenset({"roi"})
+
     required_needs = frozenset({"domain_target_gram"})
     state_fields = (
         "domain_weights",

@@ -65,6 +65,8 @@ def imtl_weights(gram: Tensor) -> Tensor:
 class Imtl(MixtureMethod):
     """IMTL-G as a data-mixing rule (multi-objective paper, §3)."""
 
+    domain_diagnostics = frozenset({"raw_weights"})
+
     required_needs = frozenset({"domain_gram"})
 
     def __init__(self, options: ImtlOptions, context: MixtureContext) -> None:

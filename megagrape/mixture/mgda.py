@@ -123,6 +123,8 @@ def min_norm_weights(gram: Tensor, max_iter: int, tol: float) -> MinNormResult:
 class Mgda(MixtureMethod):
     """MGDA (Sener & Koltun 2018) as a data-mixing rule (multi-objective paper, §3)."""
 
+    domain_diagnostics = frozenset({"min_norm_weights"})
+
     required_needs = frozenset({"domain_gram"})
 
     def __init__(self, options: MgdaOptions, context: MixtureContext) -> None:

@@ -56,6 +56,8 @@ def exploration_rate(num_domains: int, step: int) -> float:
 class Odm(MixtureMethod):
     """ODM EXP3 (Albalak et al. 2023) on per-domain training losses."""
 
+    domain_diagnostics = frozenset({"rewards", "cumulative_reward"})
+
     required_needs = frozenset({"domain_losses", "domain_sample_counts"})
     state_fields = ("domain_weights", "cumulative_reward", "epsilon")
 

@@ -9,8 +9,10 @@
 Overrides come in two spellings, applied in this order after the YAML file:
 ``section.field=value`` (values parse as YAML: ``mixture.options={mu_a: 1.5}``,
 ``data.domains=[web,code]``) and ``--section.field VALUE`` flags (tyro, typed from the
-dataclasses, the way torchtitan's job config reads). Exit codes: 0 done, 2 bad input (before
-any process group for everything ``preflight`` checks), 1 a failure while training.
+dataclasses, the way torchtitan's job config reads). Exit codes: 0 done or stopped cleanly (a
+stop signal, train.exit_interval, train.exit_duration_minutes: relaunch to resume), 2 bad input
+(before any process group for everything ``preflight`` checks), 3 training diverged (the last
+good checkpoint is kept), 1 any other failure.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import re
 import sys
 import textwrap
 
-from megagrape.errors import ConfigError, DataError
+from megagrape.errors import ConfigError, DataError, TrainingDiverged
 
 USAGE = (
     "pretrain_grape.py [--config RUN.yaml] [--ds_config DS.json] "
@@ -178,10 +180,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from megagrape.train import run_training
 
+    rank = os.environ.get("RANK", "0")
     try:
         run_training(cfg, ds_raw, ds_source=ds_path)
     except (ConfigError, DataError) as err:
-        rank = os.environ.get("RANK", "0")
         print(f"megagrape: rank {rank}: {err}", file=sys.stderr)
         return 2
+    except TrainingDiverged as err:
+        print(f"megagrape: rank {rank}: {err}", file=sys.stderr)
+        return 3
     return 0

@@ -1,19 +1,28 @@
 """Run outputs on rank 0: TensorBoard scalars, optional wandb, and mixture.jsonl.
 
 Scalar names (TensorBoard tags):
-    train/loss, train/lr, train/grad_norm, perf/tokens_per_s, perf/step_time_s, perf/mfu,
-    perf/memory_gb, loss/domain/<name>, mixture/alpha/<domain>, mixture/z/<task>,
-    mixture/gram_row_sum/<domain>, mixture/reweight_time_s, target/<task>/loss,
-    target/<task>/acc, target/<task>/acc_norm
-A resumed run truncates mixture.jsonl to the resumed step and purges later TensorBoard
-events, so every output describes one consistent history.
+    train/loss, train/lr, train/grad_norm, train/consumed_tokens, perf/tokens_per_s,
+    perf/step_time_s, perf/mfu, perf/memory_gb, loss/domain/<name>, mixture/alpha/<domain>,
+    mixture/z/<task>, mixture/gram_row_sum/<domain>, mixture/reweight_time_s,
+    target/<task>/loss, target/<task>/acc, target/<task>/acc_norm, target/<task>/signal_loss
+and the run's resolved config as the text ``config``. ``tensorboard/vs_tokens`` holds the loss
+and target curves against consumed tokens (its own run in TensorBoard, so both axes purge
+consistently).
+
+A launch that resumes at step N keeps every record up to and including step N: mixture.jsonl
+is truncated to step <= N and TensorBoard purges events from step N + 1 on (tokens after N's
+on the tokens axis); a launch without a checkpoint starts both from nothing, so a relaunch
+never writes a step twice.
 """
 
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 from typing import Any
+
+from megagrape.utils.atomic import write_atomic
 
 
 class MetricsWriter:
@@ -27,23 +36,32 @@ class MetricsWriter:
         wandb_project: str = "",
         run_name: str = "",
         resume_step: int = 0,
+        resume_tokens: int = 0,
         config: dict[str, Any] | None = None,
+        config_text: str = "",
     ) -> None:
         self.enabled = enabled
         self.mixture_path = run_dir / "mixture.jsonl"
         self._tb = None
+        self._tb_tokens = None
         self._wandb = None
         if not enabled:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
-        truncate_jsonl(self.mixture_path, resume_step)
+        truncate_jsonl(self.mixture_path, resume_step if resume_step else -1)
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(
                 log_dir=str(run_dir / "tensorboard"),
-                purge_step=resume_step if resume_step else None,
+                purge_step=resume_step + 1 if resume_step else 0,
             )
+            self._tb_tokens = SummaryWriter(
+                log_dir=str(run_dir / "tensorboard" / "vs_tokens"),
+                purge_step=resume_tokens + 1 if resume_tokens else 0,
+            )
+            if config_text:
+                self._tb.add_text("config", f"```yaml\n{config_text}```", resume_step)
         if wandb_project:
             try:
                 import wandb
@@ -51,15 +69,23 @@ class MetricsWriter:
                 wandb = None
             if wandb is not None:
                 self._wandb = wandb.init(
-                    project=wandb_project, name=run_name, config=config, resume="allow", id=run_name
+                    project=wandb_project,
+                    name=run_name,
+                    config=config,
+                    resume="allow",
+                    id=wandb_run_id(run_dir),
                 )
 
-    def scalars(self, step: int, values: dict[str, float]) -> None:
+    def scalars(self, step: int, values: dict[str, float], tokens: int | None = None) -> None:
+        """Log ``values`` at optimizer step ``step`` (and at ``tokens`` on the tokens axis)."""
         if not self.enabled:
             return
         if self._tb is not None:
             for tag, value in values.items():
                 self._tb.add_scalar(tag, value, step)
+        if self._tb_tokens is not None and tokens is not None:
+            for tag, value in values.items():
+                self._tb_tokens.add_scalar(tag, value, tokens)
         if self._wandb is not None:
             self._wandb.log(values, step=step)
 
@@ -70,14 +96,27 @@ class MetricsWriter:
             handle.write(json.dumps(record) + "\n")
 
     def flush(self) -> None:
-        if self._tb is not None:
-            self._tb.flush()
+        for writer in (self._tb, self._tb_tokens):
+            if writer is not None:
+                writer.flush()
 
     def close(self) -> None:
-        if self._tb is not None:
-            self._tb.close()
+        for writer in (self._tb, self._tb_tokens):
+            if writer is not None:
+                writer.close()
         if self._wandb is not None:
             self._wandb.finish()
+
+
+def wandb_run_id(run_dir: Path) -> str:
+    """The run's wandb id: made once (random) and kept in ``<run_dir>/wandb_id``, so a resumed
+    run continues its own wandb run while two runs that share a name never merge."""
+    path = run_dir / "wandb_id"
+    if path.is_file():
+        return path.read_text().strip()
+    run_id = uuid.uuid4().hex[:16]
+    write_atomic(path, run_id + "\n")
+    return run_id
 
 
 def truncate_jsonl(path: Path, keep_through_step: int) -> None:
@@ -94,7 +133,7 @@ def truncate_jsonl(path: Path, keep_through_step: int) -> None:
             continue
         if int(record.get("step", 0)) <= keep_through_step:
             kept.append(line)
-    path.write_text("".join(line + "\n" for line in kept))
+    write_atomic(path, "".join(line + "\n" for line in kept))
 
 
 # Dense bf16 peak of common accelerators (FLOP/s), for MFU; unknown devices report no MFU.

@@ -25,6 +25,7 @@ from megagrape.ds_config import resolve_ds_config, zero_stage
 from megagrape.errors import ConfigError
 from megagrape.train import checkpoint as ckpt
 from megagrape.train.capture import capture_mode
+from megagrape.train.identity import RunIdentity, check_resume_identity, run_identity
 from megagrape.train.mixture_controller import (
     build_mixture_method,
     needs_gradient_capture,
@@ -104,8 +105,17 @@ def preflight(
             cfg.parallel.tensor_parallel,
             cfg.parallel.pipeline_parallel,
         )
-    if cfg.checkpoint.resume not in ("auto", "none"):
-        ckpt.resolve_resume(cfg.checkpoint.resume, cfg.checkpoint_root)
+    _check_resume(
+        cfg,
+        run_identity(
+            cfg,
+            tokenizer.fingerprint,
+            sources.domains,
+            sources.target_files,
+            cfg.data_parallel_size(world_size),
+            stage,
+        ),
+    )
 
     precision = (
         "bf16"
@@ -130,6 +140,18 @@ def preflight(
         capture_mode=mode,
         parameters=cfg.model.num_parameters(cfg.parallel.tensor_parallel),
     )
+
+
+def _check_resume(cfg: RunConfig, identity: RunIdentity) -> None:
+    """The checkpoint this launch would resume from must come from the same run (identity)."""
+    info, _notes = ckpt.resolve_resume(cfg.checkpoint.resume, cfg.checkpoint_root)
+    if info is None:
+        return
+    saved = ckpt.read_state(info).get("identity")
+    if saved is not None:
+        check_resume_identity(
+            RunIdentity.from_dict(saved), identity, cfg.checkpoint.allow_changes, info.path
+        )
 
 
 def _check_combinations(cfg: RunConfig, ds_config: dict, stage: int, method) -> str | None:

@@ -117,9 +117,20 @@ class TrainModule(ABC):
         """(micro_batch_size, seq_length) every pipeline micro-batch must have, None without PP."""
         return None
 
-    def save_state(self, root: Path, step: int, megagrape_state: dict, keep_last: int) -> Path:
+    def parameters_finite(self) -> bool:
+        """Collective: True when no rank holds a NaN or infinite parameter."""
+        local = all(bool(torch.isfinite(p).all()) for p in self.engine.module.parameters())
+        flag = torch.tensor([0.0 if local else 1.0], device=self.env.device)
+        if self.env.world_size > 1:
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return float(flag.item()) == 0.0
+
+    def save_state(self, root: Path, step: int, megagrape_state: dict) -> Path:
         """Collective: an atomic checkpoint of the engine plus ``megagrape_state``."""
-        return ckpt.save_checkpoint(self.engine, root, step, megagrape_state, keep_last)
+        checkpoint = self.cfg.checkpoint
+        return ckpt.save_checkpoint(
+            self.engine, root, step, megagrape_state, checkpoint.keep_last, checkpoint.checksums
+        )
 
     def load_state(self, info: ckpt.CheckpointInfo) -> dict:
         """Collective: restore the engine from ``info``; returns the saved megagrape state."""

@@ -19,16 +19,20 @@ newest complete checkpoint is restored. ``run_training`` wraps it with the proce
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 from megagrape import parallel
-from megagrape.config import RunConfig, save_config
+from megagrape.config import RunConfig, config_yaml, resolved_dict, save_config
 from megagrape.data.training_data import TrainingData, build_training_data
+from megagrape.errors import ConfigError
 from megagrape.train import checkpoint as ckpt
 from megagrape.train.callbacks import Callback, default_callbacks
+from megagrape.train.identity import RunIdentity, check_resume_identity, run_identity
 from megagrape.train.metrics import MetricsWriter
 from megagrape.train.mixture_controller import MixtureController
 from megagrape.train.step_stats import StepRecord, local_step_stats, reduce_step_stats
@@ -52,6 +56,7 @@ class Trainer:
         module: TrainModule,
         mixture: MixtureController,
         callbacks: list[Callback],
+        identity: RunIdentity,
     ) -> None:
         self.cfg = cfg
         self.env = env
@@ -59,17 +64,19 @@ class Trainer:
         self.module = module
         self.mixture = mixture
         self.callbacks = callbacks
+        self.identity = identity  # saved with every checkpoint, compared on resume
         self.is_main = env.rank == 0
         self.dp_group = parallel.dp_group()
         self.step = 0  # optimizer steps completed
         self.done = False  # step == train.train_iters
-        self.exiting = False  # train.exit_interval reached in this invocation
+        self.exiting = False  # this invocation stops here (exit interval, signal, wall time)
+        self.healthy = True  # the latest step passed the divergence guard (may be saved)
         self.history: dict[str, list] = {"loss": [], "eval": []}
         self.last_eval: dict[str, dict[str, float]] = {}
+        self.allowed_changes: dict[str, tuple] = {}  # identity fields changed on purpose
         self._resume()
         if self.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.run_dir / "config.yaml")
+            record_launch(cfg, self.step, self.allowed_changes)
         self.metrics = MetricsWriter(
             self.run_dir,
             enabled=self.is_main,
@@ -77,7 +84,9 @@ class Trainer:
             wandb_project=cfg.logging.wandb_project,
             run_name=cfg.name,
             resume_step=self.step,
-            config=cfg.to_dict(),
+            resume_tokens=self.consumed_tokens,
+            config=resolved_dict(cfg),
+            config_text=config_yaml(cfg),
         )
 
     @property
@@ -87,6 +96,11 @@ class Trainer:
     @property
     def checkpoint_root(self) -> Path:
         return self.cfg.checkpoint_root
+
+    @property
+    def consumed_tokens(self) -> int:
+        """Training tokens consumed so far (the tokens axis of TensorBoard's vs_tokens run)."""
+        return self.mixture.sampler.consumed_samples * self.cfg.model.seq_length
 
     def callback(self, kind: type[Callback]) -> Callback:
         """The run's callback of class ``kind`` (KeyError naming it when there is none)."""
@@ -112,28 +126,28 @@ class Trainer:
         )
         started_at = self.step
         self.done = self.step >= iters
-        for callback in self.callbacks:
-            callback.on_train_start(self)
-        while not (self.done or self.exiting):
-            record = self.train_step()
-            self.history["loss"].append(record.loss)
-            bar.update(1)
-            self.done = self.step == iters
-            self.exiting = (
-                not self.done
-                and exit_interval > 0
-                and (self.step - started_at) % exit_interval == 0
-            )
+        try:
             for callback in self.callbacks:
-                callback.on_step_end(self, record)
-        bar.close()
-        if self.exiting and self.is_main:
-            tqdm.write(
-                f"[megagrape] train.exit_interval reached at step {self.step}; relaunch to resume"
-            )
-        for callback in self.callbacks:
-            callback.on_train_end(self)
-        self.metrics.close()
+                callback.on_train_start(self)
+            while not (self.done or self.exiting):
+                record = self.train_step()
+                self.history["loss"].append(record.loss)
+                bar.update(1)
+                self.done = self.step == iters
+                self.exiting = (
+                    not self.done
+                    and exit_interval > 0
+                    and (self.step - started_at) % exit_interval == 0
+                )
+                for callback in self.callbacks:
+                    callback.on_step_end(self, record)
+            if self.exiting and self.is_main:
+                tqdm.write(f"[megagrape] stopped at step {self.step}; relaunch to resume")
+            for callback in self.callbacks:
+                callback.on_train_end(self)
+        finally:
+            bar.close()
+            self.metrics.close()  # what was logged survives a failure too
         return {
             "step": self.step,
             "eval": self.last_eval,
@@ -176,27 +190,85 @@ class Trainer:
         return {
             "step": self.step,
             "tokenizer_fingerprint": self.data.tokenizer.fingerprint,
+            "identity": self.identity.as_dict(),
             **self.mixture.state_dict(),
         }
 
     def save_checkpoint(self) -> Path:
         """Collective: an atomic checkpoint of this step."""
-        return self.module.save_state(
-            self.checkpoint_root, self.step, self.state_dict(), self.cfg.checkpoint.keep_last
-        )
+        return self.module.save_state(self.checkpoint_root, self.step, self.state_dict())
+
+    def _choose_checkpoint(self) -> ckpt.CheckpointInfo | None:
+        """Collective: rank 0 verifies the candidates (checksums included) and tells the others.
+
+        Every rank then loads the same checkpoint while each file is read for its sha256 once.
+        """
+        cfg = self.cfg
+        answer: list = [None]
+        if self.is_main:
+            try:
+                info, notes = ckpt.resolve_resume(
+                    cfg.checkpoint.resume, self.checkpoint_root, deep=cfg.checkpoint.checksums
+                )
+                for note in notes:
+                    tqdm.write(f"[megagrape] {note}")
+                answer = [("ok", None if info is None else (str(info.path), info.step))]
+            except ConfigError as err:
+                answer = [("error", str(err))]
+        if self.env.world_size > 1:
+            torch.distributed.broadcast_object_list(answer, src=0)
+        kind, value = answer[0]
+        if kind == "error":
+            raise ConfigError(value)
+        return None if value is None else ckpt.CheckpointInfo(Path(value[0]), value[1])
 
     def _resume(self) -> None:
-        info, notes = ckpt.resolve_resume(self.cfg.checkpoint.resume, self.checkpoint_root)
-        if self.is_main:
-            for note in notes:
-                tqdm.write(f"[megagrape] {note}")
+        info = self._choose_checkpoint()
         if info is None:
             return
+        saved = ckpt.read_state(info).get("identity")
+        if saved is None:
+            if self.is_main:
+                tqdm.write(
+                    f"[megagrape] {info.path} records no run identity (an older megagrape): "
+                    "resuming without comparing the data and config"
+                )
+        else:
+            self.allowed_changes = check_resume_identity(
+                RunIdentity.from_dict(saved),
+                self.identity,
+                self.cfg.checkpoint.allow_changes,
+                info.path,
+            )
         state = self.module.load_state(info)
         self.step = int(state["step"])
         self.mixture.load_state_dict(state)
         if self.is_main:
             tqdm.write(f"[megagrape] resumed from {info.path} at step {self.step}")
+
+
+def record_launch(cfg: RunConfig, step: int, allowed_changes: dict[str, tuple]) -> None:
+    """Rank 0: keep this launch's resolved config and what it changed on purpose.
+
+    ``config.yaml`` is the latest launch's config; ``config_history/`` keeps every launch's
+    (named by the step it started from and the time), and ``launches.jsonl`` one line per
+    launch: time, starting step, its config file and the allowed identity changes.
+    """
+    run_dir = cfg.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    history = run_dir / "config_history" / f"step_{step:06d}_{stamp}.yaml"
+    history.parent.mkdir(exist_ok=True)
+    save_config(cfg, history)
+    save_config(cfg, run_dir / "config.yaml")
+    entry = {
+        "time": stamp,
+        "start_step": step,
+        "config": str(history.relative_to(run_dir)),
+        "allowed_changes": {name: list(change) for name, change in allowed_changes.items()},
+    }
+    with open(run_dir / "launches.jsonl", "a") as handle:
+        handle.write(json.dumps(entry) + "\n")
 
 
 def build_trainer(
@@ -209,8 +281,22 @@ def build_trainer(
     data = build_training_data(cfg)
     module = build_train_module(cfg, env, ds_config)
     mixture = MixtureController.build(cfg, env, data, module)
+    identity = run_identity(
+        cfg,
+        data.tokenizer.fingerprint,
+        data.domains,
+        data.target_files,
+        env.dp_size,
+        module.zero_stage,
+    )
     return Trainer(
-        cfg, env, data, module, mixture, default_callbacks() if callbacks is None else callbacks
+        cfg,
+        env,
+        data,
+        module,
+        mixture,
+        default_callbacks() if callbacks is None else callbacks,
+        identity,
     )
 
 

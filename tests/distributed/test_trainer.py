@@ -134,7 +134,17 @@ def test_exact_resume_reproduces_losses_and_weights(test_corpus, tmp_path):
     ]
     assert [e["domain_weights"] for e in split_events] == [e["domain_weights"] for e in full_events]
     assert [e["task_weights"] for e in split_events] == [e["task_weights"] for e in full_events]
-    assert len(full_events) == 6
+    assert len(full_events) == 7  # the initial weights, then one record per event
+    assert full_events[0]["initial"] and full_events[0]["step"] == 0
+    assert set(full_events[0]["domain_weights"].values()) == {1 / 3}
+    assert [e["step"] for e in full_events[1:]] == [2, 4, 6, 8, 10, 12]
+    gram = full_events[1]["domain_target_gram"]
+    assert set(gram) == {"code", "legal", "prose"}
+    assert set(gram["code"]) == {"legal_cloze", "prose_cloze"}
+    assert set(full_events[1]["target_losses"]) == {"legal_cloze", "prose_cloze"}
+    assert set(full_events[1]["diagnostics"]["domain_scores"]) == {"code", "legal", "prose"}
+    assert set(full_events[1]["diagnostics"]["roi"]) == {"legal_cloze", "prose_cloze"}
+    assert full_events[1]["method"] == "grape" and full_events[1]["time"].endswith("+00:00")
     uniform = 1.0 / len(full_events[-1]["domain_weights"])
     assert max(abs(w - uniform) for w in full_events[-1]["domain_weights"].values()) > 1e-3
     assert (tmp_path / "split" / "config.yaml").is_file()

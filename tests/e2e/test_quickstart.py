@@ -146,7 +146,7 @@ def test_grape_two_ranks_moves_weights_and_resumes_exactly(quickstart_data, tmp_
         name: [json.loads(x) for x in (tmp_path / name / "mixture.jsonl").read_text().splitlines()]
         for name in ("full", "split")
     }
-    assert len(events["full"]) == 8
+    assert len(events["full"]) == 9  # the initial weights, then 8 events
     assert [e["domain_weights"] for e in events["split"]] == [
         e["domain_weights"] for e in events["full"]
     ]

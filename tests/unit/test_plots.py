@@ -1,4 +1,4 @@
-"""megagrape.experiments.plots and tools/plot_mixture.py: mixture.jsonl -> PNG, and clear errors on bad input."""
+"""megagrape.train.mixture_plot and tools/plot_mixture.py: mixture.jsonl -> PNG, and clear errors on bad input."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from megagrape.errors import DataError
-from megagrape.experiments.plots import plot_mixture, read_mixture
+from megagrape.train.mixture_plot import plot_mixture, read_mixture
 from tools import plot_mixture as cli
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

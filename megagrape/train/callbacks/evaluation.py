@@ -36,6 +36,7 @@ def evaluate_targets(trainer, final: bool = True) -> dict[str, dict[str, float]]
             for task, scores in results.items()
             for metric, value in scores.items()
         },
+        tokens=trainer.consumed_tokens,
     )
     if trainer.is_main:
         summary = ", ".join(

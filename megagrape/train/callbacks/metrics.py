@@ -9,6 +9,7 @@ target/<task>/signal_loss, mixture/reweight_time_s, and one line of mixture.json
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 import numpy as np
 from tqdm import tqdm
@@ -43,6 +44,32 @@ class LogWindow:
             self.domain_counts += record.domain_counts
 
 
+def utc_now() -> str:
+    """The wall-clock time of a record, ISO 8601 in UTC to the millisecond."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def named(names, values) -> dict[str, float] | None:
+    """{name: value} for a [len(names)] tensor or list (None stays None)."""
+    if values is None:
+        return None
+    listed = values.tolist() if hasattr(values, "tolist") else list(values)
+    return dict(zip(names, listed, strict=True))
+
+
+def named_diagnostics(method, diagnostics: dict, event) -> dict:
+    """The method's diagnostics with its per-domain and per-target lists keyed by name."""
+    out = {}
+    for key, value in diagnostics.items():
+        if key in method.domain_diagnostics and isinstance(value, list) and value:
+            out[key] = named(event.domain_names, value)
+        elif key in method.task_diagnostics and isinstance(value, list) and value:
+            out[key] = named(event.task_names, value)
+        else:
+            out[key] = value
+    return out
+
+
 class MetricsCallback(Callback):
     """Logs every logging.interval steps, at the end and at an early exit; records every event."""
 
@@ -68,6 +95,7 @@ class MetricsCallback(Callback):
             "perf/tokens_per_s": tokens_per_s,
             "perf/step_time_s": window.seconds / steps,
             "perf/memory_gb": memory_gb(trainer.env.device),
+            "train/consumed_tokens": float(trainer.consumed_tokens),
         }
         mfu_value = mfu(
             cfg.model.flops_per_token() * tokens_per_s, trainer.env.device, trainer.env.world_size
@@ -79,7 +107,7 @@ class MetricsCallback(Callback):
         for name, value in zip(trainer.data.domain_names, domain_means):
             if np.isfinite(value):
                 scalars[f"loss/domain/{name}"] = float(value)
-        trainer.metrics.scalars(trainer.step, scalars)
+        trainer.metrics.scalars(trainer.step, scalars, tokens=trainer.consumed_tokens)
         if trainer.is_main:
             alpha = " ".join(f"{w:.2f}" for w in trainer.mixture.sampler.current_weights)
             tqdm.write(
@@ -88,17 +116,36 @@ class MetricsCallback(Callback):
                 f"alpha [{alpha}]"
             )
 
+    def on_train_start(self, trainer) -> None:
+        """A fresh run records its initial weights as step 0 of mixture.jsonl."""
+        if trainer.step == 0:
+            method = trainer.mixture.method
+            trainer.metrics.mixture_event(
+                {
+                    "step": 0,
+                    "initial": True,
+                    "method": method.name,
+                    "time": utc_now(),
+                    "consumed_samples": 0,
+                    "domain_weights": named(trainer.data.domain_names, method.domain_weights),
+                    "task_weights": named(trainer.data.task_names, method.task_weights),
+                }
+            )
+
     def on_event(self, trainer, event) -> None:
         update, observed = event.update, event.observed
+        method = trainer.mixture.method
         alpha = update.domain_weights.tolist()
         z = update.task_weights.tolist() if update.task_weights is not None else None
         record = {
             "step": event.step,
+            "method": method.name,
+            "time": utc_now(),
             "consumed_samples": event.consumed_samples,
             "domain_weights": dict(zip(event.domain_names, alpha)),
             "task_weights": dict(zip(event.task_names, z)) if z is not None else None,
             "skipped": update.skipped,
-            "diagnostics": update.diagnostics,
+            "diagnostics": named_diagnostics(method, update.diagnostics, event),
             "reweight_time_s": event.seconds,
         }
         if observed is not None:
@@ -107,6 +154,18 @@ class MetricsCallback(Callback):
                 "target_gradients": observed.target_seconds,
                 "probes": observed.probe_seconds,
             }
+            if observed.domain_target_gram is not None:
+                record["domain_target_gram"] = {
+                    domain: named(event.task_names, row)
+                    for domain, row in zip(event.domain_names, observed.domain_target_gram)
+                }
+            if observed.domain_gram is not None:
+                record["domain_gram"] = {
+                    domain: named(event.domain_names, row)
+                    for domain, row in zip(event.domain_names, observed.domain_gram)
+                }
+            if observed.target_losses is not None:
+                record["target_losses"] = named(event.task_names, observed.target_losses)
         trainer.metrics.mixture_event(record)
         scalars = {f"mixture/alpha/{n}": w for n, w in zip(event.domain_names, alpha)}
         if z is not None:

@@ -1,10 +1,14 @@
 """Plots of a run's mixture history (``mixture.jsonl``), rendered with matplotlib's Agg backend.
 
-``mixture.jsonl`` holds one JSON object per reweighting event::
+``mixture.jsonl`` holds the starting weights (step 0, ``"initial": true``) and then one JSON
+object per reweighting event::
 
-    {"step": 5, "consumed_samples": 80, "domain_weights": {"web": 0.3, ...},
+    {"step": 5, "method": "grape", "time": "2026-12-02T03:04:05.678+00:00",
+     "consumed_samples": 80, "domain_weights": {"web": 0.3, ...},
      "task_weights": {"sciq": 0.2, ...} | null, "skipped": null | "reason",
-     "diagnostics": {...}, "reweight_time_s": 0.8}
+     "diagnostics": {"domain_scores": {"web": 0.1, ...}, ...},
+     "domain_target_gram": {"web": {"sciq": 0.01, ...}, ...}, "target_losses": {...},
+     "reweight_time_s": 0.8, "capture_time_s": {...}}
 
 The weights recorded at step t are the ones used from step t until the next event, so they
 are drawn as steps (piecewise constant), stacked (each panel sums to 1): the top panel holds
