@@ -15,6 +15,9 @@ Layouts read (a checkpoint directory ``step_N`` written by ``engine.save_checkpo
   layer list of megagrape.model.pipeline (0 embedding, 1..L transformer layers, L+1 final
   norm, L+2 output head).
 
+Every file is read with megagrape.utils.safe_load.safe_torch_load (weights_only=True and an
+allow-list of DeepSpeed's classes), so a checkpoint handed to you cannot run code here.
+
 Tensor-parallel shards are merged with megatron's layout: column-parallel weights and biases
 (``linear_qkv``, ``linear_fc1``) and the vocab-parallel embedding / output head along dim 0,
 row-parallel weights (``linear_proj``, ``linear_fc2``) along dim 1. ``linear_qkv`` is stored
@@ -34,9 +37,10 @@ from pathlib import Path
 
 import torch
 
-from megagrape.errors import ConfigError
+from megagrape.errors import ConfigError, DataError
 from megagrape.model.config import ModelConfig
 from megagrape.model.init import canonical_layer_name
+from megagrape.utils.safe_load import safe_torch_load
 
 _MP_FILE = re.compile(r"^mp_rank_(\d+)_model_states\.pt$")
 _ZERO3_FILE = re.compile(r"^zero_pp_rank_(\d+)_mp_rank_(\d+)_model_states\.pt$")
@@ -133,8 +137,11 @@ def read_full_state(checkpoint_dir: Path, cfg: ModelConfig) -> dict[str, torch.T
 
 
 def _load(path: Path) -> dict:
+    """``path`` read with safe_torch_load (DataError for objects outside its allow-list)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return safe_torch_load(path)
+    except DataError:
+        raise
     except Exception as exc:
         raise ConfigError(f"{path}: cannot be read as a torch checkpoint ({exc})") from exc
 
@@ -152,12 +159,16 @@ def _zero3_rank_state(checkpoint_dir: Path, tp_rank: int) -> dict[str, torch.Ten
     """fp32 weights of one TP rank rebuilt from its ZeRO-3 partitions (DeepSpeed's zero_to_fp32).
 
     zero_to_fp32 globs every ``*_model_states.pt`` / ``*_optim_states.pt`` of a directory, so
-    the files of this TP rank are linked into a scratch directory first.
+    the files of this TP rank are linked into a scratch directory first. It reads them with
+    ``torch.load(weights_only=False)``, so each is read with safe_torch_load first: a file
+    holding objects outside the allow-list is refused before zero_to_fp32 unpickles it.
     """
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     suffix = f"_mp_rank_{tp_rank:02d}_"
     files = [p for p in checkpoint_dir.iterdir() if suffix in p.name and p.name.startswith("zero")]
+    for path in files:
+        _load(path)
     with tempfile.TemporaryDirectory(prefix="megagrape_zero3_") as scratch:
         tag_dir = Path(scratch) / "tag"
         tag_dir.mkdir()

@@ -409,6 +409,35 @@ def test_bad_checkpoint_inputs_are_named(env, tmp_path):
     assert not (tmp_path / "hf").exists()  # nothing written on failure
 
 
+class RunsCommand:
+    """Unpickling this object runs ``command`` in a shell (what a hostile checkpoint does)."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+def test_a_checkpoint_that_runs_code_is_refused_before_it_runs(env, tmp_path):
+    """A module file and (ZeRO 3, read by DeepSpeed's unsafe zero_to_fp32) an optimizer file."""
+    from megagrape.export import export_hf
+
+    cfg = ModelConfig(**TINY, **QUICKSTART_SHAPE)
+    marker = tmp_path / "pwned"
+    module_file = save_module_checkpoint(build_model(cfg, env), tmp_path / "module") / (
+        "mp_rank_00_model_states.pt"
+    )
+    make_engine(build_model(cfg, env), zero_stage=3).save_checkpoint(str(tmp_path), tag="zero3")
+    optim_file = tmp_path / "zero3" / "zero_pp_rank_0_mp_rank_00_optim_states.pt"
+    for path in (module_file, optim_file):
+        torch.save({"module": RunsCommand(f"touch {marker}")}, path)
+        with pytest.raises(DataError, match=rf"{path.name}: holds objects outside"):
+            export_hf(path.parent, cfg, tmp_path / "hf")
+        assert not marker.exists()
+        assert not (tmp_path / "hf").exists()
+
+
 def test_tokenizer_larger_than_the_model_vocabulary_is_refused(env, tmp_path):
     from megagrape.data.tokenizer_build import train_bpe
     from megagrape.export import export_hf
