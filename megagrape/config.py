@@ -416,6 +416,13 @@ class RunConfig:
         return Path(self.output_dir) / self.name
 
     @property
+    def cache_dir(self) -> Path:
+        """megatron-core's dataset index cache: data.cache_dir, default <corpus or run_dir>/cache."""
+        if self.data.cache_dir:
+            return Path(self.data.cache_dir)
+        return Path(self.data.corpus or self.run_dir) / "cache"
+
+    @property
     def checkpoint_root(self) -> Path:
         """Where the run's checkpoints live: checkpoint.dir, default <run_dir>/checkpoints."""
         return Path(self.checkpoint.dir) if self.checkpoint.dir else self.run_dir / "checkpoints"

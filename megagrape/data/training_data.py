@@ -175,7 +175,7 @@ def build_training_data(cfg: RunConfig) -> TrainingData:
     tokenizer = load_checked_tokenizer(sources, cfg.model.vocab_size)
     budget = math.ceil(cfg.train.train_samples * cfg.data.budget_factor)
     budgets = [budget] * len(sources.domains)
-    cache_dir = cfg.data.cache_dir or str(Path(cfg.data.corpus or cfg.run_dir) / "cache")
+    cache_dir = str(cfg.cache_dir)
     datasets = build_domain_datasets(
         sources.domains,
         seq_length=cfg.model.seq_length,

@@ -14,7 +14,9 @@ tools/pretrain_grape.py turns it into exit code 2 within seconds of the launch.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -88,6 +90,7 @@ def preflight(
     ds_config = resolve_ds_config(ds_raw, cfg, world_size, device, pipeline, source=ds_source)
     stage = zero_stage(ds_config)
 
+    _check_writable(cfg)
     sources = resolve_data_sources(cfg)
     tokenizer = load_checked_tokenizer(sources, cfg.model.vocab_size)
     names = sources.domain_names
@@ -140,6 +143,30 @@ def preflight(
         capture_mode=mode,
         parameters=cfg.model.num_parameters(cfg.parallel.tensor_parallel),
     )
+
+
+def _writable_dir(path: Path, field_name: str) -> None:
+    """``path`` is (or can be created as) a writable directory; ConfigError naming the field."""
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(
+            f"{field_name}: {probe} is a file, so {path} cannot be created as a directory; "
+            f"choose another {field_name}"
+        )
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"{field_name}: {probe} is not writable by this user, so {path} cannot be written; "
+            f"choose another {field_name} or fix its permissions"
+        )
+
+
+def _check_writable(cfg: RunConfig) -> None:
+    """Every directory the run writes: outputs, checkpoints, the dataset index cache."""
+    _writable_dir(cfg.run_dir, "output_dir")
+    _writable_dir(cfg.checkpoint_root, "checkpoint.dir" if cfg.checkpoint.dir else "output_dir")
+    _writable_dir(cfg.cache_dir, "data.cache_dir")
 
 
 def _check_resume(cfg: RunConfig, identity: RunIdentity) -> None:

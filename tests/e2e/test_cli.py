@@ -301,3 +301,29 @@ def test_split_overrides_keeps_the_two_spellings_apart():
     )
     with pytest.raises(ConfigError, match=r"neither section\.field=value"):
         split_overrides(["stray"])
+
+
+WRITTEN_DIRS = ["output_dir", "data.cache_dir", "checkpoint.dir"]
+
+
+@pytest.mark.parametrize("field", WRITTEN_DIRS)
+def test_an_output_or_cache_dir_under_a_file_is_refused_up_front(test_corpus, tmp_path, field):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    cfg = tiny_config(test_corpus, tmp_path, "w", f"{field}={blocker / 'sub'}")
+    with pytest.raises(ConfigError, match=rf"{field}: .*a_file is a file"):
+        check(cfg)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
+@pytest.mark.parametrize("field", WRITTEN_DIRS)
+def test_an_unwritable_output_or_cache_dir_is_refused_up_front(test_corpus, tmp_path, field):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        cfg = tiny_config(test_corpus, tmp_path, "w", f"{field}={locked / 'sub'}")
+        with pytest.raises(ConfigError, match=rf"{field}: .*locked is not writable"):
+            check(cfg)
+    finally:
+        locked.chmod(0o700)
