@@ -18,6 +18,9 @@ megatron's on the same weights.
 from __future__ import annotations
 
 import json
+import os
+import stat
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,10 +84,12 @@ def export_hf(
     """Convert the checkpoint ``checkpoint_dir`` of a model of ``cfg`` into ``out_dir``.
 
     tokenizer_path: a megagrape tokenizer (directory, tokenizer.json or .tiktoken); it is
-    exported next to the model, sets the vocabulary kept (its size) and bos/eos (its eod).
-    None: no tokenizer, ``cfg.vocab_size`` rows, no bos/eos ids.
+    exported next to the model, sets the vocabulary kept (its size) and bos/eos/pad (its eod;
+    pad in the tokenizer and generation_config.json). None: no tokenizer, ``cfg.vocab_size``
+    rows, no bos/eos/pad ids.
     Nothing is written into ``out_dir`` until the checkpoint and the tokenizer have been read,
-    checked and converted.
+    checked and converted; the files are then written to a hidden sibling directory and moved
+    in with the mode a new file gets (0644 under a 022 umask).
     dtype: cast floating-point weights (default: as saved, e.g. float32, or bfloat16 after
     bf16 training).
     """
@@ -109,10 +114,10 @@ def export_hf(
         state = {name: t.to(dtype) if t.is_floating_point() else t for name, t in state.items()}
     hf_config, hf_state = arch.convert(state, cfg, target)
     model = hf_model_from_state(hf_config, hf_state)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out_dir))
-    if tokenizer is not None:
-        tokenizer.save(out_dir)
+    if target.eod_id is not None:
+        # generate()'s padding for batches; config.pad_token_id stays None: Llama and
+        # Starcoder2 make it the embedding's padding_idx, a row fine-tuning would never update.
+        model.generation_config.pad_token_id = target.eod_id
     padded = state["word_embeddings.weight"].shape[0]
     result = ExportResult(
         out_dir=out_dir,
@@ -125,11 +130,37 @@ def export_hf(
         dtype=state["word_embeddings.weight"].dtype,
         state=state,
     )
-    _write_provenance(result, checkpoint_dir, tokenizer_path)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-") as tmp:
+        staging = Path(tmp)
+        model.save_pretrained(str(staging))
+        if tokenizer is not None:
+            tokenizer.save(staging)
+        _write_provenance(staging, result, checkpoint_dir, tokenizer_path)
+        _publish(staging, out_dir)
     return result
 
 
-def _write_provenance(result: ExportResult, checkpoint_dir: Path, tokenizer: Path | None) -> None:
+def _publish(staging: Path, out_dir: Path) -> None:
+    """Move every file of ``staging`` into ``out_dir`` with the mode a new file gets there.
+
+    safetensors writes ``model.safetensors`` with mode 0600; exported files are for others to
+    read, so each gets what ``open()`` gives a new file: 0666 under the umask (0644 under 022),
+    found by creating one.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    probe = staging / ".mode-probe"
+    os.close(os.open(probe, os.O_CREAT | os.O_WRONLY, 0o666))
+    mode = stat.S_IMODE(probe.stat().st_mode)
+    probe.unlink()
+    for path in sorted(staging.iterdir()):
+        path.chmod(mode)
+        os.replace(path, out_dir / path.name)
+
+
+def _write_provenance(
+    directory: Path, result: ExportResult, checkpoint_dir: Path, tokenizer: Path | None
+) -> None:
     record = {
         "checkpoint": str(checkpoint_dir.resolve()),
         "tokenizer": None if tokenizer is None else str(Path(tokenizer).resolve()),
@@ -141,4 +172,4 @@ def _write_provenance(result: ExportResult, checkpoint_dir: Path, tokenizer: Pat
         "tensor_parallel": result.tensor_parallel,
         "dtype": str(result.dtype).removeprefix("torch."),
     }
-    (result.out_dir / PROVENANCE_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    (directory / PROVENANCE_FILE).write_text(json.dumps(record, indent=2) + "\n")

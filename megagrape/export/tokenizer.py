@@ -12,7 +12,8 @@
 
 bos and eos are the end-of-document token (what megagrape puts between documents), so
 lm-evaluation-harness scores a choice with an empty context after that token, as megagrape's
-own evaluation does. The exported tokenizer is checked against megagrape's on a fixed
+own evaluation does. pad is that token too, as GPT-2-style exports do, so ``tokenizer(batch,
+padding=True)`` works (the attention mask, not the id, tells padding from a real eod). The exported tokenizer is checked against megagrape's on a fixed
 multilingual sample: a difference raises instead of writing a tokenizer that disagrees.
 """
 
@@ -146,6 +147,7 @@ def convert_tokenizer(source: Path, model_max_length: int) -> ConvertedTokenizer
         tokenizer_object=backend,
         bos_token=eod_token,
         eos_token=eod_token,
+        pad_token=eod_token,
         model_max_length=model_max_length,
         clean_up_tokenization_spaces=False,
     )

@@ -273,6 +273,49 @@ def test_tokenizer_export_matches_megagrape_and_sets_eos(env, tmp_path):
     provenance = json.loads((tmp_path / "hf" / "megagrape_export.json").read_text())
     assert provenance["architecture"] == "gpt_neox" and provenance["vocab_size"] == 300
 
+    # pad = eos, as GPT-2-style exports do: batches pad, generate() knows its pad id, and
+    # config.pad_token_id stays unset (it would make the eod row an untrained padding_idx)
+    assert hf_tokenizer.pad_token == hf_tokenizer.eos_token
+    assert hf_tokenizer.pad_token_id == tokenizer.eod
+    texts = ["The lazy fox", "def add(a, b): return 12345 + 67890"]
+    batch = hf_tokenizer(texts, padding=True, add_special_tokens=False)
+    short, width = len(tokenizer.encode(texts[0])), len(tokenizer.encode(texts[1]))
+    assert short < width
+    assert batch["input_ids"] == [
+        tokenizer.encode(texts[0]) + [tokenizer.eod] * (width - short),
+        tokenizer.encode(texts[1]),
+    ]
+    assert batch["attention_mask"] == [[1] * short + [0] * (width - short), [1] * width]
+    assert (
+        json.loads((tmp_path / "hf" / "generation_config.json").read_text())["pad_token_id"]
+        == tokenizer.eod
+    )
+    assert (
+        json.loads((tmp_path / "hf" / "tokenizer_config.json").read_text())["pad_token"]
+        == hf_tokenizer.eos_token
+    )
+    assert hf_config.pad_token_id is None
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640)])
+def test_exported_files_get_the_mode_of_a_new_file(env, tmp_path, umask, mode):
+    """safetensors writes 0600; every exported file gets 0666 under the umask instead."""
+    from megagrape.data.tokenizer_build import train_bpe
+    from megagrape.export import export_hf
+
+    train_bpe([write_tiny_corpus(tmp_path / "c.jsonl")], vocab_size=260).save(tmp_path / "tok")
+    cfg = ModelConfig(**{**TINY, "vocab_size": 384}, **GPT2_SHAPE)
+    checkpoint = save_module_checkpoint(build_model(cfg, env), tmp_path / "step_000001")
+    previous = os.umask(umask)
+    try:
+        export_hf(checkpoint, cfg, tmp_path / "out" / "hf", tokenizer_path=tmp_path / "tok")
+    finally:
+        os.umask(previous)
+    files = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "out" / "hf").iterdir()}
+    assert {"model.safetensors", "config.json", "tokenizer.json"} <= set(files)
+    assert files == dict.fromkeys(files, mode)
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["hf"]  # no staging left behind
+
 
 def test_tiktoken_ranks_become_an_equivalent_hf_tokenizer(tmp_path):
     from tiktoken_ext.openai_public import r50k_pat_str
@@ -298,6 +341,11 @@ def test_tiktoken_ranks_become_an_equivalent_hf_tokenizer(tmp_path):
     assert ids == tokenizer.encode(text)
     assert any(i >= 256 for i in ids)  # merges were applied
     assert hf_tokenizer.eos_token_id == eod and hf_tokenizer.eos_token == EOD_TOKEN
+    assert hf_tokenizer.pad_token_id == eod
+    padded = hf_tokenizer(["the", "the lazy thing"], padding=True, add_special_tokens=False)
+    assert padded["input_ids"][0] == tokenizer.encode("the") + [eod] * (
+        len(padded["input_ids"][1]) - len(tokenizer.encode("the"))
+    )
 
 
 def test_verify_reports_a_small_difference(env, tmp_path):
