@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from megagrape.config import load_config
 from megagrape.utils.atomic import write_json_atomic
+from megagrape.utils.safe_load import safe_torch_load
 
 TIME_FIELDS = ("time", "reweight_time_s", "capture_time_s")
 """mixture.jsonl fields that hold wall-clock times (they differ between any two runs)."""
@@ -229,7 +230,7 @@ def _scalars(log_dir: Path) -> dict[str, dict[int, float]]:
 
 def _final_model(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
     path = run_dir / "checkpoints" / f"step_{step:06d}" / "mp_rank_00_model_states.pt"
-    saved = torch.load(path, map_location="cpu", weights_only=False)  # files this harness wrote
+    saved = safe_torch_load(path)
     return {k: v for k, v in saved["module"].items() if torch.is_tensor(v)}
 
 

@@ -106,6 +106,7 @@ def build_result(job: RunJob, cfg, summary: dict, seconds: float, fingerprint: s
             "skipped": r.get("skipped"),
         }
         for r in (read_jsonl(mixture_path) if mixture_path.is_file() else [])
+        if not r.get("initial")  # the starting weights (step 0) are not an event
     ]
     average_path = cfg.run_dir / "mixture_average.json"
     average = (

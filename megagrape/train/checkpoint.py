@@ -36,6 +36,7 @@ import torch
 from megagrape.errors import CheckpointSaveError, ConfigError
 from megagrape.utils.atomic import write_atomic, write_json_atomic
 from megagrape.utils.hashing import sha256_file
+from megagrape.utils.safe_load import safe_torch_load
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 COMPLETE_FILE = "COMPLETE.json"
@@ -151,7 +152,7 @@ def resolve_resume(
 def check_model_shapes(module: torch.nn.Module, ckpt_dir: Path) -> None:
     """Compare the checkpoint's saved module tensors with ``module``; name the first mismatch."""
     for model_file in sorted(ckpt_dir.glob("*model_states.pt")):
-        saved = torch.load(model_file, map_location="cpu", weights_only=False)
+        saved = safe_torch_load(model_file)
         saved_module = saved.get("module", saved) if isinstance(saved, dict) else {}
         current = module.state_dict()
         for name, tensor in saved_module.items():

@@ -119,14 +119,6 @@ def preflight(
             stage,
         ),
     )
-
-    precision = (
-        "bf16"
-        if ds_config["bf16"].get("enabled")
-        else "fp16"
-        if ds_config.get("fp16", {}).get("enabled")
-        else "fp32"
-    )
     return RunPlan(
         world_size=world_size,
         data_parallel=cfg.data_parallel_size(world_size),
@@ -134,7 +126,7 @@ def preflight(
         pipeline_parallel=cfg.parallel.pipeline_parallel,
         gradient_accumulation=cfg.gradient_accumulation_steps(world_size),
         zero_stage=stage,
-        precision=precision,
+        precision=_precision(ds_config),
         device_type=device.type,
         domains=dict(zip(names, token_counts)),
         targets=targets,
@@ -143,6 +135,12 @@ def preflight(
         capture_mode=mode,
         parameters=cfg.model.num_parameters(cfg.parallel.tensor_parallel),
     )
+
+
+def _precision(ds_config: dict) -> str:
+    if ds_config["bf16"].get("enabled"):
+        return "bf16"
+    return "fp16" if ds_config.get("fp16", {}).get("enabled") else "fp32"
 
 
 def _writable_dir(path: Path, field_name: str) -> None:

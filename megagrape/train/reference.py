@@ -14,6 +14,7 @@ import torch
 from megagrape.errors import ConfigError
 from megagrape.model import build_model, token_losses
 from megagrape.train import checkpoint as ckpt
+from megagrape.utils.safe_load import safe_torch_load
 
 FIELD = "mixture.reference_checkpoint"
 
@@ -75,7 +76,7 @@ class ReferenceModel:
         model_file = path / f"mp_rank_{env.tp_rank:02d}_model_states.pt"
         self.model = build_model(cfg.model, env)
         ckpt.check_model_shapes(self.model, path)
-        saved = torch.load(model_file, map_location="cpu", weights_only=False)["module"]
+        saved = safe_torch_load(model_file)["module"]
         self.model.load_state_dict(saved, strict=True)
         self.model.to(env.device).eval()
         for param in self.model.parameters():

@@ -65,6 +65,8 @@ class TrainModule(ABC):
     def __init__(self, cfg: RunConfig, env, ds_config: dict) -> None:
         import deepspeed
 
+        from megagrape.utils.safe_checkpoint_engine import install_safe_checkpoint_engine
+
         self.cfg = cfg
         self.env = env
         self.zero_stage = zero_stage(ds_config)
@@ -84,6 +86,7 @@ class TrainModule(ABC):
             config=ds_config,
             mpu=parallel.deepspeed_mpu(env),
         )
+        install_safe_checkpoint_engine(self.engine)  # checkpoints load with weights_only=True
 
     @abstractmethod
     def train_batch(

@@ -27,9 +27,17 @@ LAUNCHER_VARS = (
 
 @pytest.fixture
 def clean_launcher_env(monkeypatch):
+    """No launcher variables during the test, and exactly the original ones after it (the code
+    under test sets some; monkeypatch alone would not remove variables that were absent)."""
+    saved = {name: os.environ.get(name) for name in LAUNCHER_VARS}
     for name in LAUNCHER_VARS:
-        monkeypatch.delenv(name, raising=False)
-    return monkeypatch
+        os.environ.pop(name, None)
+    yield monkeypatch
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 # ----------------------------------------------------------------------------- ParallelConfig

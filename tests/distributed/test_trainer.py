@@ -230,3 +230,55 @@ def test_a_new_callback_sees_every_step_and_event_without_editing_the_loop(test_
     assert [e[1] for e in events] == [3, 6]
     # an event is reported inside its step, before that step's on_step_end
     assert calls.index(events[0]) == calls.index(steps[2]) - 1
+
+
+def _save_fails_on_one_rank(rank, world_size, corpus, out):
+    import errno
+
+    from megagrape import parallel
+    from megagrape.ds_config import read_ds_config, resolve_ds_config
+    from megagrape.errors import CheckpointSaveError
+    from megagrape.train import build_trainer
+    from megagrape.train import checkpoint as ckpt
+
+    cfg = tiny_config(corpus, out, "full_disk", "train.train_iters=2", "checkpoint.interval=2")
+    env = parallel.init_distributed(cfg.parallel, cfg.seed)
+    ds = resolve_ds_config(
+        read_ds_config("configs/ds/zero1.json"), cfg, env.world_size, env.device, pipeline=False
+    )
+    trainer = build_trainer(cfg, ds, env)
+    trainer.train()  # writes step_000002
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    if rank == 1:
+        trainer.module.engine.save_checkpoint = no_space
+    trainer.step = 3
+    try:
+        trainer.save_checkpoint()
+        message = None
+    except CheckpointSaveError as err:
+        message = str(err)
+    root = trainer.checkpoint_root
+    older = ckpt.verify_checkpoint(root / "step_000002", deep=True)
+    parallel.destroy_distributed()
+    return {
+        "message": message,
+        "partial_left": (root / "step_000003.partial").exists(),
+        "older": older,
+        "names": sorted(p.name for p in root.iterdir()),
+    }
+
+
+def test_a_save_that_fails_on_one_rank_fails_on_every_rank_and_keeps_older_checkpoints(
+    test_corpus, tmp_path
+):
+    results = run_distributed(_save_fails_on_one_rank, 2, args=(test_corpus, tmp_path))
+    for result in results:
+        assert result["message"] is not None, "every rank must raise, not hang or go on"
+        assert "rank 1: OSError: [Errno 28] No space left on device" in result["message"]
+        assert "older checkpoints are kept" in result["message"]
+        assert not result["partial_left"]
+        assert result["older"] is None, "the older checkpoint must still verify (sha256 included)"
+    assert "step_000002" in results[0]["names"] and "step_000003" not in results[0]["names"]
