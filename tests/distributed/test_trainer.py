@@ -148,6 +148,9 @@ def test_exact_resume_reproduces_losses_and_weights(test_corpus, tmp_path):
     uniform = 1.0 / len(full_events[-1]["domain_weights"])
     assert max(abs(w - uniform) for w in full_events[-1]["domain_weights"].values()) > 1e-3
     assert (tmp_path / "split" / "config.yaml").is_file()
+    assert (
+        tmp_path / "split" / "plots" / "mixture.png"
+    ).stat().st_size > 10_000  # drawn by the run
     assert list((tmp_path / "split" / "tensorboard").glob("events.out.tfevents.*"))
     checkpoints = sorted(
         p.name for p in (tmp_path / "split" / "checkpoints").iterdir() if p.is_dir()

@@ -163,6 +163,20 @@ def test_relaunching_a_finished_run_or_one_without_checkpoint_writes_nothing_twi
     assert tensorboard_steps(fresh, "train/loss") == {1: 301.0, 2: 302.0}
 
 
+def test_tensorboard_holds_the_config_and_a_tokens_axis(tmp_path):
+    writer = MetricsWriter(tmp_path, enabled=True, config_text="train:\n  lr: 0.001\n")
+    writer.scalars(3, {"train/loss": 5.0}, tokens=3 * 512)
+    writer.close()
+    main = EventAccumulator(str(tmp_path / "tensorboard"))
+    main.Reload()
+    assert "config/text_summary" in main.Tags()["tensors"]
+    text = main.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert "lr: 0.001" in text
+    tokens = EventAccumulator(str(tmp_path / "tensorboard" / "vs_tokens"))
+    tokens.Reload()
+    assert [(e.step, e.value) for e in tokens.Scalars("train/loss")] == [(1536, 5.0)]
+
+
 def test_wandb_id_is_kept_per_run_directory(tmp_path):
     first = wandb_run_id(tmp_path / "a")
     assert wandb_run_id(tmp_path / "a") == first
