@@ -10,7 +10,9 @@ Each rank's return value is sent back through a queue and returned as a list by 
 from __future__ import annotations
 
 import os
+import queue as queue_module
 import socket
+import time
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -56,14 +58,28 @@ def run_distributed(
         proc.start()
     results: dict[int, Any] = {}
     errors: list[str] = []
+    deadline = time.monotonic() + timeout_s
     try:
-        for _ in range(world_size):
-            rank, status, payload = queue.get(timeout=timeout_s)
+        while len(results) < world_size and not errors:
+            try:
+                rank, status, payload = queue.get(timeout=1.0)
+            except queue_module.Empty:
+                dead = [
+                    r
+                    for r, p in enumerate(procs)
+                    if p.exitcode not in (None, 0) and r not in results
+                ]
+                if dead:  # killed or crashed without reporting: the others would wait forever
+                    errors.append(
+                        f"ranks {dead} died with exit codes {[procs[r].exitcode for r in dead]}"
+                    )
+                elif time.monotonic() > deadline:
+                    errors.append(f"the group did not finish within {timeout_s:.0f} s")
+                continue
             if status == "ok":
                 results[rank] = payload
             else:
                 errors.append(f"rank {rank} failed:\n{payload}")
-                break
     finally:
         for proc in procs:
             proc.join(timeout=5 if errors else 30)

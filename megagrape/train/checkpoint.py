@@ -219,7 +219,9 @@ def save_checkpoint(
     """Collective: every rank calls this. Returns the final checkpoint directory.
 
     A write error on any rank (a full disk, an unwritable directory) raises
-    CheckpointSaveError on every rank, after the partial directory is removed.
+    CheckpointSaveError on every rank, after the partial directory is removed. (An error
+    inside DeepSpeed's own save on some ranks only leaves the others in DeepSpeed's internal
+    barrier: that ends at parallel.timeout_minutes, with older checkpoints intact.)
     """
     rank = torch.distributed.get_rank()
     world_size = torch.distributed.get_world_size()
