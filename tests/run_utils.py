@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import random
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
+import torch
 import yaml
 
 from megagrape.config import RunConfig, load_config
@@ -62,3 +70,50 @@ def train_in_process(cfg: RunConfig, ds_path: str, env):
     trainer = build_trainer(cfg, ds, env)
     summary = trainer.train()
     return trainer, summary
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@contextlib.contextmanager
+def one_process_group(seed: int) -> Iterator:
+    """A world of one process in this pytest process; environment and RNGs restored after."""
+    from megagrape import parallel
+    from megagrape.parallel import ParallelConfig
+
+    saved_environ = dict(os.environ)
+    saved_python, saved_numpy = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        dist_env = parallel.init_distributed(ParallelConfig(), seed=seed)
+        try:
+            yield dist_env
+        finally:
+            parallel.destroy_distributed()
+    os.environ.clear()
+    os.environ.update(saved_environ)
+    random.setstate(saved_python)
+    np.random.set_state(saved_numpy)
+
+
+def torchrun_two_ranks(config: Path, *extra: str, ds: str = "configs/ds/zero1.json"):
+    """tools/pretrain_grape.py under torchrun with 2 local ranks; output merged on stdout."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            str(REPO / "tools" / "pretrain_grape.py"),
+            "--ds_config",
+            ds,
+            "--config",
+            str(config),
+            *extra,
+        ],
+        cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )

@@ -11,11 +11,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import random
 import zlib
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -23,6 +21,7 @@ from megagrape.errors import ConfigError, DataError
 from megagrape.model import ModelConfig, build_model
 from megagrape.parallel import ParallelConfig
 from tests.dist_utils import run_distributed
+from tests.run_utils import one_process_group
 
 TINY = dict(num_layers=2, hidden_size=64, num_attention_heads=4, seq_length=32, vocab_size=250)
 GPT2_SHAPE = dict(
@@ -57,19 +56,8 @@ CASES = {
 
 @pytest.fixture(scope="module")
 def env():
-    """A world of one process in this pytest process; environment and RNGs restored after."""
-    from megagrape import parallel
-
-    saved_environ = dict(os.environ)
-    saved_python, saved_numpy = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
-        dist_env = parallel.init_distributed(ParallelConfig(), seed=0)
+    with one_process_group(seed=0) as dist_env:
         yield dist_env
-        parallel.destroy_distributed()
-    os.environ.clear()
-    os.environ.update(saved_environ)
-    random.setstate(saved_python)
-    np.random.set_state(saved_numpy)
 
 
 # ----------------------------------------------------------------------------- helpers

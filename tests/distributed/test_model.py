@@ -9,8 +9,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-import os
-import random
 
 import numpy as np
 import pytest
@@ -20,6 +18,7 @@ from megagrape.errors import ConfigError
 from megagrape.model import ModelConfig, build_model, counts_once, masked_mean, token_losses
 from megagrape.parallel import ParallelConfig
 from tests.dist_utils import run_distributed
+from tests.run_utils import one_process_group
 
 TINY = dict(num_layers=2, hidden_size=64, num_attention_heads=4, seq_length=32, vocab_size=256)
 SEED = 1234
@@ -75,19 +74,8 @@ def canonical_named(model: torch.nn.Module):
 
 @pytest.fixture(scope="module")
 def env():
-    """A world of one process in this pytest process; environment and RNGs restored after."""
-    from megagrape import parallel
-
-    saved_environ = dict(os.environ)
-    saved_python, saved_numpy = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
-        dist_env = parallel.init_distributed(ParallelConfig(), seed=SEED)
+    with one_process_group(seed=SEED) as dist_env:
         yield dist_env
-        parallel.destroy_distributed()
-    os.environ.clear()
-    os.environ.update(saved_environ)
-    random.setstate(saved_python)
-    np.random.set_state(saved_numpy)
 
 
 # ----------------------------------------------------------------------------- config

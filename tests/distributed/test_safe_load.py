@@ -9,19 +9,16 @@ engine with the safe checkpoint engine resumes exactly and refuses a tampered fi
 from __future__ import annotations
 
 import os
-import random
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from megagrape.errors import DataError
-from megagrape.parallel import ParallelConfig
 from megagrape.utils.safe_load import safe_torch_load
 from tests.dist_utils import run_distributed
-from tests.run_utils import tiny_config
+from tests.run_utils import one_process_group, tiny_config
 
 TAG = "step_000001"
 
@@ -38,19 +35,8 @@ class RunsCommand:
 
 @pytest.fixture(scope="module")
 def env():
-    """A world of one process in this pytest process; environment and RNGs restored after."""
-    from megagrape import parallel
-
-    saved_environ = dict(os.environ)
-    saved_python, saved_numpy = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
-        dist_env = parallel.init_distributed(ParallelConfig(), seed=0)
+    with one_process_group(seed=0) as dist_env:
         yield dist_env
-        parallel.destroy_distributed()
-    os.environ.clear()
-    os.environ.update(saved_environ)
-    random.setstate(saved_python)
-    np.random.set_state(saved_numpy)
 
 
 def build_module(out: Path, env, zero_stage: int, *overrides: str):

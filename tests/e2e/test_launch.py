@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.run_utils import write_run_config
+from tests.run_utils import torchrun_two_ranks, write_run_config
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = str(REPO / "tools" / "pretrain_grape.py")
@@ -126,25 +126,7 @@ def test_crashed_rank_ends_the_job(test_corpus, tmp_path):
     config = write_run_config(
         test_corpus, tmp_path, "crash", "train.train_iters=100000", "logging.interval=1"
     )
-    job = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            SCRIPT,
-            "--ds_config",
-            "configs/ds/zero1.json",
-            "--config",
-            str(config),
-        ],
-        cwd=REPO,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    job = torchrun_two_ranks(config)
     lines = []
     for line in job.stdout:
         lines.append(line)

@@ -15,7 +15,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.run_utils import write_run_config
+from tests.run_utils import torchrun_two_ranks, write_run_config
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = str(REPO / "tools" / "pretrain_grape.py")
@@ -111,29 +111,6 @@ def test_same_size_damage_of_the_newest_checkpoint_falls_back_to_the_older_one(
     assert "step_000004 at step 4" in output
 
 
-def _torchrun(config: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            SCRIPT,
-            "--ds_config",
-            "configs/ds/zero1.json",
-            "--config",
-            str(config),
-            *extra,
-        ],
-        cwd=REPO,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
 def test_sigterm_to_a_two_rank_job_checkpoints_exits_0_and_resumes_bit_exactly(
     test_corpus, tmp_path
 ):
@@ -143,12 +120,12 @@ def test_sigterm_to_a_two_rank_job_checkpoints_exits_0_and_resumes_bit_exactly(
         "train.train_iters=14",
         "logging.interval=1",
     )
-    full = _torchrun(write_run_config(test_corpus, tmp_path, "full", *grape))
+    full = torchrun_two_ranks(write_run_config(test_corpus, tmp_path, "full", *grape))
     full_output = full.communicate(timeout=600)[0]
     assert full.returncode == 0, full_output[-3000:]
 
     config = write_run_config(test_corpus, tmp_path, "stopped", *grape)
-    job = _torchrun(config)
+    job = torchrun_two_ranks(config)
     lines = []
     for line in job.stdout:
         lines.append(line)
@@ -171,7 +148,7 @@ def test_sigterm_to_a_two_rank_job_checkpoints_exits_0_and_resumes_bit_exactly(
     checkpoints = sorted(p.name for p in (tmp_path / "stopped" / "checkpoints").glob("step_*"))
     assert checkpoints == [f"step_{stopped_at:06d}"]
 
-    resumed = _torchrun(config)
+    resumed = torchrun_two_ranks(config)
     resumed_output = resumed.communicate(timeout=600)[0]
     assert resumed.returncode == 0, resumed_output[-3000:]
     assert f"at step {stopped_at}" in resumed_output
