@@ -102,13 +102,6 @@ class Trainer:
         """Training tokens consumed so far (the tokens axis of TensorBoard's vs_tokens run)."""
         return self.mixture.sampler.consumed_samples * self.cfg.model.seq_length
 
-    def callback(self, kind: type[Callback]) -> Callback:
-        """The run's callback of class ``kind`` (KeyError naming it when there is none)."""
-        for callback in self.callbacks:
-            if isinstance(callback, kind):
-                return callback
-        raise KeyError(f"this run has no {kind.__name__}")
-
     # ----------------------------------------------------------------------------- loop
     def train(self) -> dict:
         """Train to train.train_iters (or train.exit_interval steps of this invocation).
