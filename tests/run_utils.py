@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 import yaml
 
@@ -117,3 +118,23 @@ def torchrun_two_ranks(config: Path, *extra: str, ds: str = "configs/ds/zero1.js
         stderr=subprocess.STDOUT,
         text=True,
     )
+
+
+def workers_after_line(job: subprocess.Popen, prefix: str) -> list[int]:
+    """Read ``job``'s output until a line starts with ``prefix``; then its 2 worker pids.
+
+    Fails the test with the last lines of output when the line never comes.
+    """
+    lines = []
+    for line in job.stdout:
+        lines.append(line)
+        if line.startswith(prefix):
+            break
+    else:
+        pytest.fail(f"training never logged {prefix!r}:\n" + "".join(lines[-50:]))
+    found = subprocess.run(
+        ["pgrep", "-f", "-P", str(job.pid), "pretrain_grape"], capture_output=True, text=True
+    )
+    pids = [int(p) for p in found.stdout.split()]
+    assert len(pids) == 2, found.stdout
+    return pids

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.run_utils import torchrun_two_ranks, write_run_config
+from tests.run_utils import torchrun_two_ranks, workers_after_line, write_run_config
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = str(REPO / "tools" / "pretrain_grape.py")
@@ -127,18 +127,7 @@ def test_crashed_rank_ends_the_job(test_corpus, tmp_path):
         test_corpus, tmp_path, "crash", "train.train_iters=100000", "logging.interval=1"
     )
     job = torchrun_two_ranks(config)
-    lines = []
-    for line in job.stdout:
-        lines.append(line)
-        if line.startswith("step "):
-            break
-    else:
-        pytest.fail("training never logged a step:\n" + "".join(lines[-50:]))
-    workers = subprocess.run(
-        ["pgrep", "-f", "-P", str(job.pid), "pretrain_grape"], capture_output=True, text=True
-    )
-    pids = [int(p) for p in workers.stdout.split()]
-    assert len(pids) == 2, workers.stdout
+    pids = workers_after_line(job, "step ")
     killed_at = time.monotonic()
     os.kill(pids[-1], signal.SIGKILL)
     code = job.wait(timeout=120)

@@ -11,11 +11,10 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.run_utils import torchrun_two_ranks, write_run_config
+from tests.run_utils import torchrun_two_ranks, workers_after_line, write_run_config
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = str(REPO / "tools" / "pretrain_grape.py")
@@ -126,18 +125,7 @@ def test_sigterm_to_a_two_rank_job_checkpoints_exits_0_and_resumes_bit_exactly(
 
     config = write_run_config(test_corpus, tmp_path, "stopped", *grape)
     job = torchrun_two_ranks(config)
-    lines = []
-    for line in job.stdout:
-        lines.append(line)
-        if line.startswith("step      4/"):
-            break
-    else:
-        pytest.fail("training never logged step 4:\n" + "".join(lines[-50:]))
-    workers = subprocess.run(
-        ["pgrep", "-f", "-P", str(job.pid), "pretrain_grape"], capture_output=True, text=True
-    )
-    pids = [int(p) for p in workers.stdout.split()]
-    assert len(pids) == 2, workers.stdout
+    pids = workers_after_line(job, "step      4/")
     for pid in pids:  # what Slurm does at a time limit: every task gets SIGTERM
         os.kill(pid, signal.SIGTERM)
     rest = job.communicate(timeout=300)[0]
