@@ -20,16 +20,26 @@ def hybrid_loss_weights(
 ) -> Tensor:
     """Per-domain loss multipliers α_k / s_k [K] (0 where both are 0).
 
-    ``alpha`` and ``sampling`` are [K] distributions. A domain with α_k > 0 that is never sampled
-    (s_k == 0) cannot be weighted up: ConfigError naming it.
+    ``alpha`` and ``sampling`` are [K] distributions. A NaN, infinite or negative entry in either
+    is a ConfigError naming the domain (it would silently turn the training loss into NaN or
+    flip a domain's gradient). A domain with α_k > 0 that is never sampled (s_k == 0) cannot be
+    weighted up: ConfigError naming it.
     """
     alpha, sampling = as_float64(alpha), as_float64(sampling)
     if alpha.shape != sampling.shape or alpha.dim() != 1:
         raise ValueError(
             f"alpha {tuple(alpha.shape)} and sampling {tuple(sampling.shape)} must both be [K]"
         )
-    if bool((sampling < 0).any()) or not bool(torch.isfinite(sampling).all()):
-        raise ConfigError(f"sampling weights must be finite and >= 0, got {sampling.tolist()}")
+    for what, weights in (("domain weights (alpha)", alpha), ("sampling weights", sampling)):
+        bad = ~torch.isfinite(weights) | (weights < 0)
+        if bool(bad.any()):
+            index = int(bad.nonzero()[0])
+            name = domain_names[index] if domain_names is not None else str(index)
+            raise ConfigError(
+                f"apply: loss needs finite {what} >= 0, but domain {name!r} has "
+                f"{float(weights[index])} (all: {weights.tolist()}); a loss multiplier "
+                f"alpha_k / s_k must be a finite number >= 0"
+            )
     starved = (alpha > 0) & (sampling == 0)
     if bool(starved.any()):
         index = int(starved.nonzero()[0])

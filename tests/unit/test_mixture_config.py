@@ -233,3 +233,22 @@ def test_time_average_is_step_weighted_and_resumable():
     }
     with pytest.raises(ValueError, match="no weights"):
         TimeAverage(2).mean()
+
+
+@pytest.mark.parametrize(
+    ("alpha", "sampling", "entry"),
+    [
+        (
+            [float("nan"), 1.0],
+            [0.5, 0.5],
+            r"domain weights \(alpha\) >= 0, but domain 'web' has nan",
+        ),
+        ([1.2, -0.2], [0.5, 0.5], r"domain weights \(alpha\) >= 0, but domain 'code' has -0\.2"),
+        ([0.5, float("inf")], [0.5, 0.5], r"domain 'code' has inf"),
+        ([0.5, 0.5], [float("nan"), 0.5], r"sampling weights >= 0, but domain 'web' has nan"),
+        ([0.5, 0.5], [1.5, -0.5], r"sampling weights >= 0, but domain 'code' has -0\.5"),
+    ],
+)
+def test_hybrid_loss_weights_reject_nan_infinite_and_negative_weights(alpha, sampling, entry):
+    with pytest.raises(ConfigError, match=entry):
+        hybrid_loss_weights(torch.tensor(alpha), torch.tensor(sampling), DOMAINS)
