@@ -66,6 +66,10 @@ class Observation:
     """[N]: target losses at the previous event (GRAPE roi="measured"; optional, see grape.py)."""
     domain_sample_counts: Tensor | None = None
     """[K]: samples per domain consumed since the last event."""
+    sampling_weights: Tensor | None = None
+    """[K]: the distribution the sampler drew domains from since the last event, when it is not
+    the method's own ``domain_weights``: the fixed s of ``apply: loss`` (the trainer fills it
+    whenever it differs; not a ``needs`` field). None means the method's weights were sampled."""
 
 
 @dataclass

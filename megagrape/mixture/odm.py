@@ -1,7 +1,10 @@
 """ODM: online data mixing as an EXP3 multi-armed bandit over domains (rewards = training loss).
 
 One event at optimizer step t > warmup_steps (reference: alon-albalak/online-data-mixing,
-``Exp3WeightUpdater``), with π the sampling distribution in effect since the last event:
+``Exp3WeightUpdater``), with π the sampling distribution in effect since the last event (the
+bandit's own weights under ``apply: sample``; the fixed sampling s under ``apply: loss``, given
+as ``Observation.sampling_weights``, since the importance weight 1/π must be the probability
+the domain was actually drawn with or the reward estimate is biased):
 
     R_k   = loss_k / reward_scale                         (domain k's mean training loss)
     R̂_k  += (n_k / sum_j n_j) * R_k / π_k                 (importance-weighted, present domains)
@@ -82,10 +85,17 @@ class Odm(MixtureMethod):
                     f"domain {index} ({self.domain_names[index]!r}) has loss {loss} and sample "
                     f"count {count}; losses must be finite (NaN = absent), counts finite and >= 0"
                 )
+        sampled = self.domain_weights
+        if obs.sampling_weights is not None:
+            sampled = required(obs, "sampling_weights", (k,), self.name)
+            if not bool((torch.isfinite(sampled) & (sampled >= 0.0)).all()):
+                raise ValueError(
+                    f"Observation.sampling_weights must be finite and >= 0, got {sampled.tolist()}"
+                )
         present = ~torch.isnan(losses) & (counts > 0)
         if not bool(present.any()):
             return self.skip("no domain had samples and a finite loss since the last event")
-        unexpected = present & (self.domain_weights <= 0.0)
+        unexpected = present & (sampled <= 0.0)
         if bool(unexpected.any()):
             index = int(unexpected.nonzero()[0])
             return self.skip(
@@ -96,7 +106,8 @@ class Odm(MixtureMethod):
         share = torch.where(present, counts, zeros)
         share = share / share.sum()
         rewards = torch.where(present, losses, zeros) / self.options.reward_scale
-        gains = torch.where(present, share * rewards / self.domain_weights, zeros)
+        safe = torch.where(present, sampled, torch.ones_like(sampled))
+        gains = torch.where(present, share * rewards / safe, zeros)
         cumulative = self.cumulative_reward + gains
         previous_epsilon = self.epsilon
         epsilon = exploration_rate(k, obs.step)

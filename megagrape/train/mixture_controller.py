@@ -321,6 +321,7 @@ class MixtureController:
                 self.event_acc.excess_means() if self.reference is not None else None
             ),
             previous_target_losses=self.previous_target_losses,
+            sampling_weights=None if self.sampling is None else torch.from_numpy(self.sampling),
         )
         if observed is not None:
             obs.domain_target_gram = observed.domain_target_gram

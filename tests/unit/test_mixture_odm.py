@@ -106,3 +106,41 @@ def test_state_round_trip_gives_identical_next_update():
     resumed.load_state_dict(json.loads(json.dumps(method.state_dict())))
     a, b = method.update(observe(*EVENTS[1])), resumed.update(observe(*EVENTS[1]))
     assert torch.equal(a.domain_weights, b.domain_weights) and a.diagnostics == b.diagnostics
+
+
+def reference_exp3_fixed_sampling(events, sampling, scale=10.0):
+    """EXP3 whose arms are drawn from a FIXED s (apply: loss): importance weights are 1/s_k."""
+    k = len(sampling)
+    cum, eps = np.zeros(k), 1 / k
+    for step, losses, counts in events:
+        losses, counts = np.asarray(losses), np.asarray(counts, dtype=float)
+        present = ~np.isnan(losses) & (counts > 0)
+        share = np.where(present, counts, 0) / np.where(present, counts, 0).sum()
+        cum += np.where(present, share * (losses / scale) / np.asarray(sampling), 0.0)
+        prev_eps, eps = eps, min(1 / k, math.sqrt(math.log(k) / (k * step)))
+        w = np.exp(prev_eps * cum) / np.exp(prev_eps * cum).sum() * (1 - k * eps) + eps
+    return w / w.sum(), cum
+
+
+def test_apply_loss_rewards_are_importance_weighted_by_the_sampling_distribution():
+    # Under apply: loss the sampler draws from a fixed s while the bandit's α moves; dividing by
+    # α instead of s would bias every reward (here α starts uniform, s is far from it).
+    sampling = [0.7, 0.1, 0.1, 0.1]
+    method = odm()
+    for i, (step, losses, counts) in enumerate(EVENTS, start=1):
+        observation = observe(step, losses, counts)
+        observation.sampling_weights = torch.tensor(sampling, dtype=F64)
+        update = method.update(observation)
+        pi, cum = reference_exp3_fixed_sampling(EVENTS[:i], sampling)
+        np.testing.assert_allclose(update.diagnostics["cumulative_reward"], cum, rtol=1e-12)
+        np.testing.assert_allclose(update.domain_weights.numpy(), pi, rtol=1e-12)
+    # The domain drawn 7x as often gets 1/7 of the per-sample credit of the others.
+    first = reference_exp3_fixed_sampling(EVENTS[:1], sampling)[1]
+    assert first[0] == pytest.approx((10 / 16) * 0.3 / 0.7)
+
+
+def test_apply_loss_domain_with_zero_sampling_probability_but_samples_skips():
+    observation = observe(100, [3.0, 2.0, 1.0, 1.0], [1, 1, 1, 1])
+    observation.sampling_weights = torch.tensor([0.5, 0.5, 0.0, 0.0], dtype=F64)
+    update = odm().update(observation)
+    assert update.skipped is not None and "('books') had samples" in update.skipped
