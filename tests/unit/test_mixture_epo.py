@@ -113,3 +113,16 @@ def test_state_round_trip_gives_identical_next_update():
     resumed.load_state_dict(json.loads(json.dumps(method.state_dict())))
     nxt = observe([[1.0, 0.2, 0.0], [0.2, 1.0, 0.1], [0.0, 0.1, 1.0]], [1.5, 1.0, 2.0])
     assert torch.equal(method.update(nxt).domain_weights, resumed.update(nxt).domain_weights)
+
+
+def test_balance_lp_never_raises_the_loss_of_the_domain_furthest_behind():
+    # l = (2, 1, 4), r = 1: J* = {2} (largest r⊙l). C a = (3.47, -6.93, -4.36) so J = {0}. The
+    # objective 3.47 α0 - 6.93 α1 - 4.36 α2 alone would pick α = (1, 0, 0), for which
+    # (C α)_2 = -4 < 0: the loss of the domain furthest behind would rise to first order. The
+    # J* constraint (C α)_2 = -4 α0 + 8 α1 + 6 α2 >= 0 caps α0 at 0.6: α = (0.6, 0, 0.4).
+    gram = np.array([[3.0, -6.0, -4.0], [-6.0, 12.0, 8.0], [-4.0, 8.0, 6.0]])
+    update = epo(k=3).update(observe(gram, [2.0, 1.0, 4.0]))
+    assert update.diagnostics["balance_step"] == 1.0
+    lp = np.asarray(update.diagnostics["lp_weights"])
+    np.testing.assert_allclose(lp, [0.6, 0.0, 0.4], atol=1e-9)
+    assert (gram @ lp)[2] >= -1e-9

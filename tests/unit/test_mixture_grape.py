@@ -204,3 +204,32 @@ def test_state_round_trip_through_json_gives_identical_next_update():
     assert torch.equal(a.domain_weights, b.domain_weights)
     assert torch.equal(a.task_weights, b.task_weights)
     assert a.diagnostics == b.diagnostics
+
+
+def test_weights_ema_keeps_served_and_iterate_weights_apart_over_three_events():
+    """The mirror-descent step continues from the iterate α; the RoI uses the SERVED weights a
+    (what the sampler drew since the last event). Swapping the two anywhere changes the result
+    from the second event on."""
+    beta, mu_a, mu_z, eps = 0.6, 3.0, 4.0, 1e-3
+    grams = [
+        [[0.4, 0.1], [0.0, 0.6], [0.2, -0.3]],
+        [[0.1, 0.5], [0.3, 0.2], [-0.2, 0.4]],
+        [[0.5, -0.2], [0.1, 0.1], [0.3, 0.6]],
+    ]
+    losses = [2.0, 3.0]
+    method = grape(weights_ema=beta, mu_a=mu_a, mu_z=mu_z)
+    alpha, served, z = np.full(3, 1 / 3), np.full(3, 1 / 3), np.full(2, 1 / 2)
+    for gram in grams:
+        update = method.update(obs(gram, losses=losses))
+        h = np.asarray(gram) / np.asarray(losses)[None, :]
+        roi = h.T @ served
+        z = softmax(np.log(z) - mu_z * roi)
+        z = (1 - eps) * z + eps / 2
+        alpha = softmax(np.log(alpha) + mu_a * (h @ z))
+        alpha = (1 - eps) * alpha + eps / 3
+        served = beta * served + (1 - beta) * alpha
+        np.testing.assert_allclose(update.diagnostics["roi"], roi, rtol=1e-12)
+        np.testing.assert_allclose(update.task_weights.numpy(), z, rtol=1e-12)
+        np.testing.assert_allclose(update.domain_weights.numpy(), served, rtol=1e-12)
+        np.testing.assert_allclose(method.alpha.numpy(), alpha, rtol=1e-12)
+    assert np.abs(served - alpha).max() > 1e-2  # the two really differ in this trajectory
