@@ -39,6 +39,10 @@ def _positive(value: float) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
 
 
+def _count(value: Any, least: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
 @dataclass
 class DataConfig:
     """Training domains: a prepared corpus directory and/or explicit Megatron prefixes."""
@@ -57,6 +61,13 @@ class DataConfig:
     """Each domain's fixed sample budget as a fraction of the run's samples (1.0 = weight 1 all run)."""
     cache_dir: str = ""
     """Megatron index cache; default <corpus>/cache or <output_dir>/cache."""
+    loader_workers: int = 0
+    """DataLoader worker processes per rank that read and collate the planned micro-batches
+    while the training thread computes (0 = collate on the training thread). The sampler and
+    the plan are unchanged, so losses and checkpoints are identical for any value."""
+    loader_prefetch: int = 2
+    """Micro-batches each loader worker reads ahead, within the step's plan (torch's
+    prefetch_factor; used when loader_workers > 0)."""
 
     def validate(self) -> None:
         _require(
@@ -70,6 +81,18 @@ class DataConfig:
             "data.budget_factor",
             self.budget_factor,
             "allowed: 0 < budget_factor <= 1",
+        )
+        _require(
+            _count(self.loader_workers, 0),
+            "data.loader_workers",
+            self.loader_workers,
+            "allowed: an integer >= 0 (0 = collate on the training thread)",
+        )
+        _require(
+            _count(self.loader_prefetch, 1),
+            "data.loader_prefetch",
+            self.loader_prefetch,
+            "allowed: an integer >= 1 (micro-batches each loader worker reads ahead)",
         )
 
     def resolved_bin_dir(self) -> str:

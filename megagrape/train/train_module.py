@@ -26,7 +26,8 @@ import torch
 
 from megagrape import parallel
 from megagrape.config import RunConfig
-from megagrape.data.microbatches import MicroBatch, collate
+from megagrape.data.loader import MicroBatchLoader, load_batches
+from megagrape.data.microbatches import MicroBatch
 from megagrape.ds_config import zero_stage
 from megagrape.model import build_model, pipeline_batch, pipeline_loss_fn, token_losses
 from megagrape.train import checkpoint as ckpt
@@ -79,6 +80,7 @@ class TrainModule(ABC):
             eps=train.adam_eps,
             **({"fused": True} if env.device.type == "cuda" else {"foreach": True}),
         )
+        self.loader: MicroBatchLoader | None = None  # the trainer's; None = collate in-thread
         self.engine, _optimizer, _loader, _scheduler = deepspeed.initialize(
             model=self.model,
             optimizer=optimizer,
@@ -150,8 +152,8 @@ class EngineTrainModule(TrainModule):
             domain_loss_weights.to(device) if domain_loss_weights is not None else None
         )
         per_samples = []
-        for micro in micro_batches:
-            batch = collate(datasets, micro, device)
+        batches = load_batches(self.loader, datasets, micro_batches, device)
+        for micro, batch in zip(micro_batches, batches):
             per_token = token_losses(self.engine, batch)
             per_sample = per_sample_losses(per_token, batch["loss_mask"])
             weights = batch["loss_weights"]
@@ -180,7 +182,7 @@ class PipelineTrainModule(TrainModule):
             raise ValueError("domain loss weights are not supported with pipeline parallelism")
         loss_fn = pipeline_loss_fn(self.engine)
         loss_fn.record_token_losses = True
-        batches = [collate(datasets, micro, self.env.device) for micro in micro_batches]
+        batches = list(load_batches(self.loader, datasets, micro_batches, self.env.device))
         self.engine.train_batch(data_iter=iter([pipeline_batch(b) for b in batches]))
         recorded = loss_fn.take_token_losses()
         loss_fn.record_token_losses = False

@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from megagrape import parallel
 from megagrape.config import RunConfig, config_yaml, resolved_dict, save_config
+from megagrape.data.loader import LoaderSettings, MicroBatchLoader
 from megagrape.data.training_data import TrainingData, build_training_data
 from megagrape.errors import ConfigError
 from megagrape.train import checkpoint as ckpt
@@ -140,6 +141,8 @@ class Trainer:
                 callback.on_train_end(self)
         finally:
             bar.close()
+            if self.module.loader is not None:
+                self.module.loader.close()  # no worker process outlives training
             self.metrics.close()  # what was logged survives a failure too
         return {
             "step": self.step,
@@ -273,6 +276,10 @@ def build_trainer(
     """
     data = build_training_data(cfg)
     module = build_train_module(cfg, env, ds_config)
+    # workers start at the first step (no process exists if the rest of the build fails)
+    module.loader = MicroBatchLoader(
+        data.datasets, LoaderSettings.from_config(cfg.data), env.device
+    )
     mixture = MixtureController.build(cfg, env, data, module)
     identity = run_identity(
         cfg,
