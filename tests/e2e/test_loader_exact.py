@@ -103,3 +103,37 @@ def test_loader_workers_train_bit_identically_and_resume_exactly(test_corpus, tm
         assert second["params"] == off["params"]
         assert second["alpha"] == off["alpha"]
     assert results[0]["on"]["params"] == results[1]["on"]["params"]
+
+
+def _pipeline_runs(rank, world_size, corpus, out):
+    from megagrape import parallel
+    from tests.run_utils import train_in_process
+
+    results = {}
+    cfg0 = tiny_config(corpus, out, "x", "parallel.pipeline_parallel=2")
+    env = parallel.init_distributed(cfg0.parallel, cfg0.seed)
+    try:
+        for workers in (0, 2):
+            cfg = tiny_config(
+                corpus,
+                out,
+                f"pp{workers}",
+                "parallel.pipeline_parallel=2",
+                "train.train_iters=4",
+                f"data.loader_workers={workers}",
+            )
+            trainer, summary = train_in_process(cfg, "configs/ds/zero1.json", env)
+            digest = hashlib.sha256()
+            for param in trainer.module.engine.module.parameters():
+                digest.update(param.detach().float().contiguous().numpy().tobytes())
+            results[workers] = (summary["history"]["loss"], digest.hexdigest())
+    finally:
+        parallel.destroy_distributed()
+    return results
+
+
+def test_pipeline_path_trains_bit_identically_with_loader_workers(test_corpus, tmp_path):
+    results = run_distributed(_pipeline_runs, 2, args=(test_corpus, tmp_path))
+    for result in results:
+        assert len(result[0][0]) == 4
+        assert result[2] == result[0]  # losses and this stage's parameters
