@@ -31,11 +31,15 @@ OBSERVATION_FIELDS = frozenset(
         "target_losses",
         "previous_target_losses",
         "domain_sample_counts",
+        "domain_sq_norms",
+        "target_gram",
     }
 )
 
 # The Observation fields that exist only when the run has target tasks.
-TARGET_FIELDS = frozenset({"domain_target_gram", "target_losses", "previous_target_losses"})
+TARGET_FIELDS = frozenset(
+    {"domain_target_gram", "target_losses", "previous_target_losses", "target_gram"}
+)
 
 Diagnostics = dict[str, float | list[float]]
 
@@ -56,6 +60,12 @@ class Observation:
     """[K, N]: G[k, n] = <g_k, grad l_n>, RAW target gradients (methods scale columns)."""
     domain_gram: Tensor | None = None
     """[K, K]: <g_i, g_j>."""
+    domain_sq_norms: Tensor | None = None
+    """[K]: ‖g_k‖² (the diagonal of domain_gram, for methods that need only the norms:
+    gradient_scaling clip/cosine)."""
+    target_gram: Tensor | None = None
+    """[N, N]: <grad l_n, grad l_m> of the RAW target-loss gradients (the ones in
+    domain_target_gram); its diagonal gives the target gradient norms (gradient_scaling)."""
     domain_losses: Tensor | None = None
     """[K]: mean training loss per domain since the last event (NaN = domain absent)."""
     domain_excess_losses: Tensor | None = None

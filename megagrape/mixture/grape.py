@@ -1,7 +1,8 @@
 """GRAPE: group-robust multi-target reweighting of domains (α) and target tasks (z).
 
 One event (K domains, N tasks; H[k, n] = <g_k, h_n> is the Gram with the target-gradient
-column scaling of target_scaling.py applied):
+column scaling of target_scaling.py applied, then the ``gradient_scaling`` of
+gradient_scaling.py: raw products, each gradient clipped to ``clip_norm``, or cosines):
 
     task step    r_n = sum_k a_k H[k, n]                 (first-order RoI along d = sum_k a_k g_k,
                                                           a = the weights the sampler used)
@@ -13,6 +14,8 @@ column scaling of target_scaling.py applied):
 
 Tasks that improve least gain weight; domains whose gradients align with the prioritised
 tasks gain weight; smoothing keeps every domain reachable (a zero-weight domain recovers).
+An event whose scaled products, steps or new weights are not finite (e.g. a huge Gram divided
+by a small loss) is skipped with the reason; the weights stay as they were.
 """
 
 from __future__ import annotations
@@ -34,9 +37,16 @@ from megagrape.mixture.base import (
     smooth,
     uniform,
 )
+from megagrape.mixture.gradient_scaling import (
+    read_norms,
+    scale_products,
+    scaling_needs,
+    validate_clip_norm,
+)
 from megagrape.mixture.registry import register_method
 from megagrape.mixture.target_scaling import (
     TARGET_GRADIENTS,
+    clipped_target_norms,
     invalid_target_loss,
     needs_target_losses,
     scale_columns,
@@ -68,6 +78,13 @@ class GrapeOptions:
     """Decay β in [0, 1) of an EMA of the weights the sampler receives; 0 turns it off."""
     initial_task_weights: Any = None
     """Starting z: None (uniform), a list in target order or {task: weight} (normalised)."""
+    gradient_scaling: str = "raw"
+    """How gradients enter the products: "raw", "clip" (each g_k and target gradient clipped to
+    clip_norm, as the reference) or "cosine" (normalised). clip/cosine need the gradient norms
+    (Observation.domain_sq_norms and target_gram)."""
+    clip_norm: float | None = None
+    """Norm c (> 0) of gradient_scaling "clip"; None means 1.0 (the reference's max_grad_norm
+    on ClimbLab). Only valid with "clip"."""
 
     def __post_init__(self) -> None:
         opt.validate(self, "mu_a", opt.real, low=0.0, low_open=True, meaning="domain step size")
@@ -78,14 +95,15 @@ class GrapeOptions:
         opt.validate(self, "target_gradient", opt.choice, choices=TARGET_GRADIENTS)
         opt.validate(self, "loss_ema_decay", opt.real, low=0.0, high=1.0, high_open=True)
         opt.validate(self, "weights_ema", opt.real, low=0.0, high=1.0, high_open=True)
+        validate_clip_norm(self, default=1.0)
 
 
 @register_method("grape", GrapeOptions)
 class Grape(MixtureMethod):
     """GRAPE (arXiv 2505.20380) with the exact z-weighted target direction."""
 
-    domain_diagnostics = frozenset({"domain_scores", "gram_row_sums"})
-    task_diagnostics = frozenset({"roi"})
+    domain_diagnostics = frozenset({"domain_scores", "gram_row_sums", "domain_grad_norms"})
+    task_diagnostics = frozenset({"roi", "target_grad_norms"})
 
     required_needs = frozenset({"domain_target_gram"})
     state_fields = (
@@ -113,9 +131,10 @@ class Grape(MixtureMethod):
 
     @property
     def needs(self) -> frozenset[str]:
+        fields = self.required_needs | scaling_needs(self.options.gradient_scaling)
         if needs_target_losses(self.options.target_gradient) or self.options.roi == "measured":
-            return self.required_needs | {"target_losses"}
-        return self.required_needs
+            fields |= {"target_losses"}
+        return fields
 
     def update(self, obs: Observation) -> MixtureUpdate:
         k, n = self.num_domains, self.num_tasks
@@ -143,7 +162,27 @@ class Grape(MixtureMethod):
         scales, loss_ema = target_scales(
             self.options.target_gradient, losses, self.loss_ema, self.options.loss_ema_decay
         )
-        scaled = scale_columns(gram, scales)
+        scaling = self.options.gradient_scaling
+        norms = None
+        if scaling != "raw":
+            norms, reason = read_norms(obs, self.name, self.domain_names, self.task_names)
+            if reason is not None:
+                return self.skip(reason)
+        scaled, scaling_diagnostics = scale_products(
+            scaling,
+            gram,
+            scale_columns(gram, scales),
+            norms,
+            None
+            if norms is None
+            else clipped_target_norms(self.options.target_gradient, norms.target, losses),
+            self.options.clip_norm or 0.0,
+        )
+        task_axes = [("n", "task", self.task_names)]
+        domain_axes = [("k", "domain", self.domain_names)]
+        reason = non_finite_reason(scaled, f"{scaling} products H", domain_axes + task_axes)
+        if reason is not None:
+            return self.skip(reason)
 
         if self.options.roi == "first_order":
             roi = scaled.T @ self.domain_weights
@@ -154,15 +193,27 @@ class Grape(MixtureMethod):
             roi = None
         task_weights = self.task_weights
         if roi is not None:
+            reason = non_finite_reason(self.options.mu_z * roi, "task step mu_z * roi", task_axes)
+            if reason is not None:
+                return self.skip(reason)
             task_weights = smooth(
                 exponentiated_step(task_weights, -roi, self.options.mu_z), self.options.eps_z
             )
         scores = scaled @ task_weights
+        reason = non_finite_reason(
+            self.options.mu_a * scores, "domain step mu_a * scores", domain_axes
+        )
+        if reason is not None:
+            return self.skip(reason)
         alpha = smooth(
             exponentiated_step(self.alpha, scores, self.options.mu_a), self.options.eps_a
         )
         beta = self.options.weights_ema
         served = alpha if beta == 0.0 else beta * self.domain_weights + (1.0 - beta) * alpha
+        reason = non_finite_reason(task_weights, "new task weights", task_axes)
+        reason = reason or non_finite_reason(served, "new domain weights", domain_axes)
+        if reason is not None:
+            return self.skip(reason)
 
         self.alpha, self.task_weights, self.domain_weights = alpha, task_weights, served
         self.loss_ema = loss_ema
@@ -174,5 +225,6 @@ class Grape(MixtureMethod):
                 "task_step_applied": float(roi is not None),
                 "domain_scores": scores.tolist(),
                 "gram_row_sums": scaled.sum(dim=1).tolist(),
+                **scaling_diagnostics,
             }
         )

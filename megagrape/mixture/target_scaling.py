@@ -60,3 +60,16 @@ def target_scales(
 def scale_columns(gram: Tensor, scales: Tensor | None) -> Tensor:
     """H[k, n] = G[k, n] * scale_n ([K, N]); the raw Gram when ``scales`` is None."""
     return gram if scales is None else gram * scales.unsqueeze(0)
+
+
+def clipped_target_norms(kind: str, raw_norms: Tensor, losses: Tensor | None) -> Tensor:
+    """Norms [N] of the target vectors ``gradient_scaling: clip`` clips, as the reference does.
+
+    The reference clips the gradient of what it back-propagates: log l_n for ``log`` (norm
+    ‖grad l_n‖ / l_n), l_n for ``plain`` and for ``ema`` (whose division by EMA(l_n) comes
+    after the clipping).
+    """
+    if kind == "log":
+        assert losses is not None
+        return raw_norms / losses
+    return raw_norms
