@@ -1,8 +1,13 @@
 """From run results to the benchmark's numbers: curves, seed-paired token efficiency, finals.
 
 A result is the dict ``megagrape.experiments.runs.build_result`` writes: ``method``, ``seed``,
-``curve`` (``tokens`` [P] and ``loss`` {target: [P]}), ``final`` ({target: {acc, acc_norm,
-loss}}), ``final_alpha`` ({domain: w}), ``seconds``, ``tokens``.
+``curve`` (``tokens`` [P] and ``loss`` {target: [P]}), ``final`` ({target: scores}),
+``final_alpha`` ({domain: w}), ``seconds``, ``tokens``.
+
+A target's final scores depend on its kind: multiple-choice targets have ``acc``, ``acc_norm``
+and ``loss`` (the gold continuation's), LM-text targets ``loss``, ``ppl`` and ``bpb``. Every
+target has ``loss`` (the curves and the worst/mean summaries use it); accuracies are summarised
+over the targets that have them, perplexities likewise, so a benchmark may mix both kinds.
 """
 
 from __future__ import annotations
@@ -74,12 +79,41 @@ def _stats(values: Sequence[float]) -> dict[str, float]:
     return {"mean": float(array.mean()), "min": float(array.min()), "max": float(array.max())}
 
 
+def scored_targets(runs: Sequence[Mapping], targets: Sequence[str], metric: str) -> list[str]:
+    """The targets whose final scores hold ``metric`` in every run (in ``targets`` order)."""
+    return [t for t in targets if all(metric in r["final"][t] for r in runs)]
+
+
+def _per_target(runs: Sequence[Mapping], targets: Sequence[str], metric: str) -> dict:
+    return {t: _stats([r["final"][t][metric] for r in runs]) for t in targets}
+
+
+def _mean_over(runs: Sequence[Mapping], targets: Sequence[str], metric: str) -> dict | None:
+    """Stats over seeds of the mean of ``metric`` across ``targets``; None without targets."""
+    if not targets:
+        return None
+    return _stats([float(np.mean([r["final"][t][metric] for t in targets])) for r in runs])
+
+
 def method_summary(results: Sequence[Mapping], method: str) -> dict:
-    """Final scores of one method over its seeds: mean/min/max of each number."""
+    """Final scores of one method over its seeds: mean/min/max of each number.
+
+    ``final_acc``/``final_acc_norm`` and ``mean_acc``/``mean_acc_norm`` cover the targets with
+    accuracies (multiple choice; ``accuracy_targets``), ``final_ppl`` those with perplexities
+    (LM text); a mean over no targets is None.
+    """
     runs = [r for r in results if r["method"] == method]
     if not runs:
         return {}
     targets = list(runs[0]["final"])
+    missing = [(r.get("name", r["seed"]), t) for r in runs for t in targets if t not in r["final"]]
+    if missing:
+        raise ValueError(
+            f"method {method!r}: runs evaluated different targets; {missing[0][0]} lacks "
+            f"{missing[0][1]!r} (the runs of one benchmark must share their targets)"
+        )
+    acc_targets = scored_targets(runs, targets, "acc")
+    acc_norm_targets = scored_targets(runs, targets, "acc_norm")
     final_worst = [max(r["final"][t]["loss"] for t in targets) for r in runs]
     final_mean = [float(np.mean([r["final"][t]["loss"] for t in targets])) for r in runs]
     summary = {
@@ -88,13 +122,13 @@ def method_summary(results: Sequence[Mapping], method: str) -> dict:
         "seconds": _stats([r["seconds"] for r in runs]),
         "final_worst_loss": _stats(final_worst),
         "final_mean_loss": _stats(final_mean),
-        "final_loss": {t: _stats([r["final"][t]["loss"] for r in runs]) for t in targets},
-        "final_acc": {t: _stats([r["final"][t]["acc"] for r in runs]) for t in targets},
-        "final_acc_norm": {t: _stats([r["final"][t]["acc_norm"] for r in runs]) for t in targets},
-        "mean_acc": _stats([float(np.mean([r["final"][t]["acc"] for t in targets])) for r in runs]),
-        "mean_acc_norm": _stats(
-            [float(np.mean([r["final"][t]["acc_norm"] for t in targets])) for r in runs]
-        ),
+        "final_loss": _per_target(runs, targets, "loss"),
+        "accuracy_targets": acc_targets,
+        "final_acc": _per_target(runs, acc_targets, "acc"),
+        "final_acc_norm": _per_target(runs, acc_norm_targets, "acc_norm"),
+        "mean_acc": _mean_over(runs, acc_targets, "acc"),
+        "mean_acc_norm": _mean_over(runs, acc_norm_targets, "acc_norm"),
+        "final_ppl": _per_target(runs, scored_targets(runs, targets, "ppl"), "ppl"),
         "worst_target": _most_common(
             [max(targets, key=lambda t, r=r: r["final"][t]["loss"]) for r in runs]
         ),

@@ -14,6 +14,10 @@ import numpy as np
 
 from megagrape.experiments.efficiency import Curve, seed_band
 
+LOSS_LABEL = "target loss (nats/token)"
+"""The curves' y axis: the gold continuation's loss for multiple-choice targets, the text's
+next-token loss for LM-text targets."""
+
 PALETTE = {
     "uniform": "#000000",
     "natural": "#7f7f7f",
@@ -52,7 +56,7 @@ def _draw_band(ax, curves: Sequence[Curve], values_of, method: str, index: int) 
 def plot_target_losses(
     curves: Mapping[str, Mapping[int, Curve]], path: Path, title: str = ""
 ) -> Path:
-    """One panel per target: gold-continuation loss over tokens, a line per method."""
+    """One panel per target: its loss over tokens, a line per method (any target kind)."""
     plt = _pyplot()
     methods = list(curves)
     targets = next(iter(next(iter(curves.values())).values())).targets
@@ -67,7 +71,7 @@ def plot_target_losses(
             )
         ax.set_title(target)
         ax.set_xlabel("training tokens (M)")
-        ax.set_ylabel("gold-continuation loss (nats/token)")
+        ax.set_ylabel(LOSS_LABEL)
         ax.grid(alpha=0.3)
     for panel in range(len(targets), rows * columns):
         axes[panel // columns][panel % columns].axis("off")
@@ -100,7 +104,7 @@ def plot_summary_losses(
             )
         ax.set_title(f"{kind}-target loss")
         ax.set_xlabel("training tokens (M)")
-        ax.set_ylabel("gold-continuation loss (nats/token)")
+        ax.set_ylabel(LOSS_LABEL)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     return _save(fig, path, title)

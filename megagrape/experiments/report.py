@@ -21,8 +21,33 @@ FIGURES = {
 }
 
 
-def _range(stats: Mapping[str, float], digits: int = 3) -> str:
+NOT_SCORED = "n/a"
+"""Table entry for a number a target does not have (accuracy of an LM-text target, ...)."""
+
+
+def _range(stats: Mapping[str, float] | None, digits: int = 3) -> str:
+    if stats is None:
+        return NOT_SCORED
     return f"{stats['mean']:.{digits}f} [{stats['min']:.{digits}f}, {stats['max']:.{digits}f}]"
+
+
+def _per_target_table(analysis: Analysis, key: str, caption: str, digits: int = 3) -> list[str]:
+    """A method x target table of ``summaries[method][key]`` means, over the targets any
+    method has that number for (n/a where one lacks it); no lines when no target has it."""
+    targets: list[str] = []
+    for method in analysis.methods:
+        for target in analysis.summaries[method].get(key, {}):
+            if target not in targets:
+                targets.append(target)
+    if not targets:
+        return []
+    lines = ["", caption, "", "| method | " + " | ".join(targets) + " |"]
+    lines.append("|---|" + "---|" * len(targets))
+    for method in analysis.methods:
+        values = analysis.summaries[method].get(key, {})
+        cells = [f"{values[t]['mean']:.{digits}f}" if t in values else NOT_SCORED for t in targets]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def markdown(analysis: Analysis, settings: Mapping, results: Sequence[Mapping]) -> str:
@@ -62,8 +87,10 @@ def markdown(analysis: Analysis, settings: Mapping, results: Sequence[Mapping]) 
         "",
         "## Final scores",
         "",
-        "Gold-continuation loss (nats/token) of the last evaluation and mean accuracy over the "
-        "targets; mean [min, max] over seeds. Wall time is per run.",
+        "Target loss (nats/token) of the last evaluation (the gold continuation's for "
+        "multiple-choice targets, the text's for LM-text targets) and mean accuracy over the "
+        "multiple-choice targets (n/a when there are none); mean [min, max] over seeds. Wall "
+        "time is per run.",
         "",
         "| method | seeds | worst-target loss | mean-target loss | mean acc | mean acc_norm | worst target | minutes/run |",
         "|---|---|---|---|---|---|---|---|",
@@ -76,34 +103,18 @@ def markdown(analysis: Analysis, settings: Mapping, results: Sequence[Mapping]) 
             f"{_range(s['mean_acc_norm'])} | {s['worst_target']} | "
             f"{s['seconds']['mean'] / 60:.1f} |"
         )
-    targets = (
-        list(analysis.summaries[analysis.methods[0]]["final_loss"]) if analysis.methods else []
+    lines += _per_target_table(analysis, "final_loss", "Final loss per target (mean over seeds):")
+    lines += _per_target_table(
+        analysis,
+        "final_acc",
+        "Final accuracy per multiple-choice target (mean over seeds):",
     )
-    if targets:
-        lines += [
-            "",
-            "Final loss per target (mean over seeds):",
-            "",
-            "| method | " + " | ".join(targets) + " |",
-            "|---|" + "---|" * len(targets),
-        ]
-        for method in analysis.methods:
-            losses = analysis.summaries[method]["final_loss"]
-            lines.append(
-                f"| {method} | " + " | ".join(f"{losses[t]['mean']:.3f}" for t in targets) + " |"
-            )
-        lines += [
-            "",
-            "Final accuracy per target (mean over seeds):",
-            "",
-            "| method | " + " | ".join(targets) + " |",
-            "|---|" + "---|" * len(targets),
-        ]
-        for method in analysis.methods:
-            acc = analysis.summaries[method]["final_acc"]
-            lines.append(
-                f"| {method} | " + " | ".join(f"{acc[t]['mean']:.3f}" for t in targets) + " |"
-            )
+    lines += _per_target_table(
+        analysis,
+        "final_ppl",
+        "Final perplexity per LM-text target (mean over seeds):",
+        digits=2,
+    )
     with_alpha = [m for m in analysis.methods if "final_alpha" in analysis.summaries[m]]
     if with_alpha:
         domains = list(analysis.summaries[with_alpha[0]]["final_alpha"])

@@ -1,0 +1,122 @@
+"""Benchmark analysis and report for multiple-choice targets, LM-text targets and a mix of both."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from megagrape.experiments.analysis import analyse, method_summary
+from megagrape.experiments.report import write_outputs
+
+TOKENS = np.arange(1, 6, dtype=np.float64) * 1000.0
+
+
+def mc_scores(acc: float, loss: float) -> dict:
+    return {"acc": acc, "acc_norm": acc + 0.05, "loss": loss}
+
+
+def lm_scores(loss: float) -> dict:
+    return {"loss": loss, "ppl": float(np.exp(loss)), "bpb": loss / np.log(2) / 4}
+
+
+def result(method: str, seed: int, slope: float, kinds: dict[str, str]) -> dict:
+    """A build_result document whose targets are of the given kinds ("mc" or "lm")."""
+    curves, final = {}, {}
+    for index, (target, kind) in enumerate(kinds.items()):
+        loss = 6.0 + index - slope * TOKENS / 1000
+        curves[target] = loss.tolist()
+        final[target] = (
+            mc_scores(0.3 + 0.1 * slope + 0.01 * seed, float(loss[-1]))
+            if kind == "mc"
+            else lm_scores(float(loss[-1]))
+        )
+    return {
+        "method": method,
+        "seed": seed,
+        "name": f"{method}-s{seed}",
+        "tokens": float(TOKENS[-1]),
+        "seconds": 30.0,
+        "curve": {"steps": [1, 2, 3, 4, 5], "tokens": TOKENS.tolist(), "loss": curves},
+        "final": final,
+        "final_alpha": {"web": 0.5, "code": 0.5},
+    }
+
+
+def results_for(kinds: dict[str, str]) -> list[dict]:
+    return [
+        result(method, seed, slope, kinds)
+        for seed in (1, 2)
+        for method, slope in (("uniform", 0.2), ("grape", 0.4))
+    ]
+
+
+MIXED = {"arc": "mc", "wiki_uk": "lm", "piqa": "mc"}
+
+
+def test_mixed_targets_summarise_accuracy_over_multiple_choice_targets_only():
+    results = results_for(MIXED)
+    summary = method_summary(results, "grape")
+    assert summary["accuracy_targets"] == ["arc", "piqa"]
+    assert set(summary["final_acc"]) == {"arc", "piqa"}
+    assert set(summary["final_ppl"]) == {"wiki_uk"}
+    assert set(summary["final_loss"]) == {"arc", "wiki_uk", "piqa"}
+    # mean over the two MC targets per seed (both 0.34 + 0.01 s), then over seeds
+    assert summary["mean_acc"]["mean"] == pytest.approx(0.3 + 0.04 + 0.015)
+    assert summary["mean_acc"]["min"] == pytest.approx(0.35)
+    assert summary["mean_acc_norm"]["max"] == pytest.approx(0.36 + 0.05)
+    # worst target by loss includes the LM target (offset +1 over arc)
+    assert summary["worst_target"] == "piqa"
+    assert summary["final_worst_loss"]["mean"] == pytest.approx(8.0 - 0.4 * 5)
+
+
+def test_lm_only_targets_have_no_accuracy():
+    summary = method_summary(results_for({"wiki_uk": "lm", "wiki_ca": "lm"}), "uniform")
+    assert summary["accuracy_targets"] == []
+    assert summary["final_acc"] == {} and summary["mean_acc"] is None
+    assert summary["mean_acc_norm"] is None
+    assert summary["final_ppl"]["wiki_ca"]["mean"] == pytest.approx(np.exp(7.0 - 0.2 * 5))
+
+
+@pytest.mark.parametrize(
+    "kinds",
+    [MIXED, {"wiki_uk": "lm", "wiki_ca": "lm"}, {"arc": "mc", "piqa": "mc"}],
+    ids=["mixed", "lm", "mc"],
+)
+def test_report_tables_and_figures_for_every_target_kind(tmp_path, kinds):
+    results = results_for(kinds)
+    analysis = analyse(results, ["uniform", "grape"])
+    paths = write_outputs(tmp_path, analysis, results, {"title": "kinds"})
+    for key in ("target_loss", "summary_loss", "final_alpha"):
+        assert paths[key].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = (tmp_path / "results.md").read_text()
+    lines = text.splitlines()
+    mc = [t for t, kind in kinds.items() if kind == "mc"]
+    lm = [t for t, kind in kinds.items() if kind == "lm"]
+    loss_header = lines.index("Final loss per target (mean over seeds):") + 2
+    assert lines[loss_header] == "| method | " + " | ".join(kinds) + " |"
+    grape_row = next(line for line in lines if line.startswith("| grape | 2 |"))
+    if mc:
+        header = lines.index("Final accuracy per multiple-choice target (mean over seeds):") + 2
+        assert lines[header] == "| method | " + " | ".join(mc) + " |"
+        assert "n/a" not in grape_row
+    else:
+        assert "accuracy per multiple-choice target" not in text
+        assert grape_row.count("n/a") == 2  # mean acc and mean acc_norm
+    if lm:
+        header = lines.index("Final perplexity per LM-text target (mean over seeds):") + 2
+        assert lines[header] == "| method | " + " | ".join(lm) + " |"
+    else:
+        assert "perplexity" not in text
+    document = json.loads((tmp_path / "results.json").read_text())
+    assert document["analysis"]["summaries"]["grape"]["accuracy_targets"] == mc
+    headline = document["analysis"]["comparisons"][0]
+    assert (headline["method"], headline["baseline"]) == ("grape", "uniform")
+
+
+def test_runs_with_different_targets_are_refused_by_name():
+    results = results_for(MIXED)
+    del results[3]["final"]["wiki_uk"]
+    with pytest.raises(ValueError, match=r"grape-s2 lacks 'wiki_uk'"):
+        method_summary(results, "grape")
