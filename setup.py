@@ -28,13 +28,13 @@ def _with_cuda() -> bool:
 
 def _extension():
     cpp_sources = sorted(glob.glob("csrc/*.cpp"))
-    cxx_flags = ["-O3", "-fopenmp", "-std=c++17"]
+    cxx_flags = ["-O3", "-fopenmp"]  # the C++ standard: torch's own (C++20 for torch 2.13)
     if _with_cuda():
         return CUDAExtension(
             name="megagrape._C",
             sources=cpp_sources + sorted(glob.glob("csrc/*.cu")),
             define_macros=[("MEGAGRAPE_WITH_CUDA", "1")],
-            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "--use_fast_math"]},
+            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3"]},
             extra_link_args=["-fopenmp"],
         )
     return CppExtension(
