@@ -8,7 +8,8 @@ gradient_scaling.py: raw products, each gradient clipped to ``clip_norm``, or co
                                                           a = the weights the sampler used)
                  or r_n = (l_n(prev) - l_n(now)) / l_n(prev)              (roi: measured)
                  z   <- softmax(log z - mu_z * r);   z <- (1 - eps_z) z + eps_z / N
-    domain step  s_k = sum_n z_n H[k, n]                 (with the NEW z)
+    domain step  s_k = sum_n z_n H'[k, n]                (with the NEW z; H' = H unless the
+                                                          option domain_target_gradient differs)
                  α   <- softmax(log α + mu_a * s);   α <- (1 - eps_a) α + eps_a / K
     served       a   <- α, or a <- β a + (1 - β) α when weights_ema = β > 0
 
@@ -27,6 +28,7 @@ from torch import Tensor
 
 from megagrape.mixture import options as opt
 from megagrape.mixture.base import (
+    Diagnostics,
     MixtureContext,
     MixtureMethod,
     MixtureUpdate,
@@ -63,7 +65,9 @@ class GrapeOptions:
     mu_a: float = 1.5
     """Domain step size (> 0): multiplies the domain score s_k (units: 1 / score)."""
     mu_z: float = 5.0
-    """Task step size (> 0): multiplies the rate of improvement r_n."""
+    """Task step size (>= 0): multiplies the rate of improvement r_n. 0 keeps z fixed (with
+    eps_z = 0 exactly): GRAPE's domain step alone, the reference's DoGE baseline
+    (reweight_tgt_iters = -1)."""
     eps_a: float = 1e-3
     """Domain smoothing in [0, 1): α <- (1 - eps_a) α + eps_a / K. 0 reproduces the reference."""
     eps_z: float = 1e-3
@@ -72,6 +76,10 @@ class GrapeOptions:
     """Rate of improvement: "first_order" (r = Hᵀa) or "measured" (relative loss drop between events)."""
     target_gradient: str = "log"
     """h_n: "log" (grad l_n / l_n), "ema" (grad l_n / EMA(l_n)) or "plain" (grad l_n)."""
+    domain_target_gradient: str | None = None
+    """h_n of the domain step when it differs from the task step's: None (= target_gradient),
+    "log", "ema" or "plain". The reference's grape_ema uses "ema" in its task step and "log" in
+    its domain step."""
     loss_ema_decay: float = 0.9
     """Decay β in [0, 1) of the target-loss EMA used by target_gradient "ema"."""
     weights_ema: float = 0.0
@@ -88,11 +96,13 @@ class GrapeOptions:
 
     def __post_init__(self) -> None:
         opt.validate(self, "mu_a", opt.real, low=0.0, low_open=True, meaning="domain step size")
-        opt.validate(self, "mu_z", opt.real, low=0.0, low_open=True, meaning="task step size")
+        opt.validate(self, "mu_z", opt.real, low=0.0, meaning="task step size, 0 = fixed z")
         opt.validate(self, "eps_a", opt.real, low=0.0, high=1.0, high_open=True)
         opt.validate(self, "eps_z", opt.real, low=0.0, high=1.0, high_open=True)
         opt.validate(self, "roi", opt.choice, choices=ROI_MODES)
         opt.validate(self, "target_gradient", opt.choice, choices=TARGET_GRADIENTS)
+        if self.domain_target_gradient is not None:
+            opt.validate(self, "domain_target_gradient", opt.choice, choices=TARGET_GRADIENTS)
         opt.validate(self, "loss_ema_decay", opt.real, low=0.0, high=1.0, high_open=True)
         opt.validate(self, "weights_ema", opt.real, low=0.0, high=1.0, high_open=True)
         validate_clip_norm(self, default=1.0)
@@ -132,7 +142,8 @@ class Grape(MixtureMethod):
     @property
     def needs(self) -> frozenset[str]:
         fields = self.required_needs | scaling_needs(self.options.gradient_scaling)
-        if needs_target_losses(self.options.target_gradient) or self.options.roi == "measured":
+        kinds = (self.options.target_gradient, self.options.domain_target_gradient or "plain")
+        if any(needs_target_losses(kind) for kind in kinds) or self.options.roi == "measured":
             fields |= {"target_losses"}
         return fields
 
@@ -159,30 +170,41 @@ class Grape(MixtureMethod):
             if reason is not None:
                 return self.skip("previous " + reason)
 
-        scales, loss_ema = target_scales(
-            self.options.target_gradient, losses, self.loss_ema, self.options.loss_ema_decay
-        )
         scaling = self.options.gradient_scaling
         norms = None
         if scaling != "raw":
             norms, reason = read_norms(obs, self.name, self.domain_names, self.task_names)
             if reason is not None:
                 return self.skip(reason)
-        scaled, scaling_diagnostics = scale_products(
-            scaling,
-            gram,
-            scale_columns(gram, scales),
-            norms,
-            None
-            if norms is None
-            else clipped_target_norms(self.options.target_gradient, norms.target, losses),
-            self.options.clip_norm or 0.0,
-        )
+
+        def products(kind: str) -> tuple[Tensor, Tensor | None, Diagnostics]:
+            """H [K, N] for target gradient ``kind``, its loss EMA and scaling diagnostics."""
+            scales, ema = target_scales(kind, losses, self.loss_ema, self.options.loss_ema_decay)
+            clipped = None if norms is None else clipped_target_norms(kind, norms.target, losses)
+            scaled, diagnostics = scale_products(
+                scaling,
+                gram,
+                scale_columns(gram, scales),
+                norms,
+                clipped,
+                self.options.clip_norm or 0.0,
+            )
+            return scaled, ema, diagnostics
+
+        task_kind = self.options.target_gradient
+        domain_kind = self.options.domain_target_gradient or task_kind
+        scaled, loss_ema, scaling_diagnostics = products(task_kind)
+        domain_scaled = scaled
+        if domain_kind != task_kind:
+            domain_scaled, domain_ema, _ = products(domain_kind)
+            if domain_kind == "ema":
+                loss_ema = domain_ema
         task_axes = [("n", "task", self.task_names)]
         domain_axes = [("k", "domain", self.domain_names)]
-        reason = non_finite_reason(scaled, f"{scaling} products H", domain_axes + task_axes)
-        if reason is not None:
-            return self.skip(reason)
+        for matrix in (scaled, domain_scaled):
+            reason = non_finite_reason(matrix, f"{scaling} products H", domain_axes + task_axes)
+            if reason is not None:
+                return self.skip(reason)
 
         if self.options.roi == "first_order":
             roi = scaled.T @ self.domain_weights
@@ -199,7 +221,7 @@ class Grape(MixtureMethod):
             task_weights = smooth(
                 exponentiated_step(task_weights, -roi, self.options.mu_z), self.options.eps_z
             )
-        scores = scaled @ task_weights
+        scores = domain_scaled @ task_weights
         reason = non_finite_reason(
             self.options.mu_a * scores, "domain step mu_a * scores", domain_axes
         )
@@ -224,7 +246,7 @@ class Grape(MixtureMethod):
                 "roi": [] if roi is None else roi.tolist(),
                 "task_step_applied": float(roi is not None),
                 "domain_scores": scores.tolist(),
-                "gram_row_sums": scaled.sum(dim=1).tolist(),
+                "gram_row_sums": domain_scaled.sum(dim=1).tolist(),
                 **scaling_diagnostics,
             }
         )

@@ -233,3 +233,39 @@ def test_weights_ema_keeps_served_and_iterate_weights_apart_over_three_events():
         np.testing.assert_allclose(update.domain_weights.numpy(), served, rtol=1e-12)
         np.testing.assert_allclose(method.alpha.numpy(), alpha, rtol=1e-12)
     assert np.abs(served - alpha).max() > 1e-2  # the two really differ in this trajectory
+
+
+def test_mu_z_zero_with_eps_z_zero_keeps_task_weights_fixed_as_the_reference_doge_baseline():
+    # reweight_tgt_iters = -1 in the reference: z never moves, the domain step alone runs with
+    # log α_k + mu_train * sum_n z_n <g_k, h_n> and no smoothing.
+    method = grape(mu_a=1.5, mu_z=0.0, eps_a=0.0, eps_z=0.0, initial_task_weights=[0.8, 0.2])
+    gram, losses = [[0.4, 0.1], [0.0, 0.6], [0.2, -0.3]], [2.0, 4.0]
+    alpha = np.full(3, 1 / 3)
+    for _ in range(2):
+        update = method.update(obs(gram, losses=losses))
+        assert update.task_weights.tolist() == [0.8, 0.2]
+        h = np.asarray(gram) / np.asarray(losses)[None, :]
+        alpha = softmax(np.log(alpha) + 1.5 * (h @ np.array([0.8, 0.2])))
+        np.testing.assert_allclose(update.domain_weights.numpy(), alpha, rtol=1e-13)
+
+
+def test_domain_target_gradient_differs_from_the_task_steps_as_reference_grape_ema():
+    # grape_ema: task step with grad l_n / EMA(l_n), domain step with grad log l_n.
+    gram = np.array([[0.4, 0.1], [0.0, 0.6], [0.2, -0.3]])
+    method = grape(target_gradient="ema", domain_target_gradient="log", loss_ema_decay=0.5)
+    alpha, z, eps = np.full(3, 1 / 3), np.full(2, 1 / 2), 1e-3
+    for losses, ema in (([2.0, 4.0], [2.0, 4.0]), ([1.0, 2.0], [1.5, 3.0])):
+        update = method.update(obs(gram.tolist(), losses=losses))
+        roi = (gram / np.asarray(ema)[None, :]).T @ alpha
+        z = (1 - eps) * softmax(np.log(z) - 5.0 * roi) + eps / 2
+        scores = (gram / np.asarray(losses)[None, :]) @ z
+        alpha = (1 - eps) * softmax(np.log(alpha) + 1.5 * scores) + eps / 3
+        np.testing.assert_allclose(update.diagnostics["roi"], roi, rtol=1e-13)
+        np.testing.assert_allclose(update.diagnostics["domain_scores"], scores, rtol=1e-13)
+        np.testing.assert_allclose(update.task_weights.numpy(), z, rtol=1e-13)
+        np.testing.assert_allclose(update.domain_weights.numpy(), alpha, rtol=1e-13)
+    np.testing.assert_allclose(method.loss_ema.numpy(), [1.5, 3.0], rtol=1e-15)
+    assert grape(target_gradient="plain", domain_target_gradient="log").needs == {
+        "domain_target_gram",
+        "target_losses",
+    }
