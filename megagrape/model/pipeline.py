@@ -142,11 +142,17 @@ class PipelineLoss:
     loss_mask values act as token weights of a self-normalised weighted mean). With
     ``record_token_losses`` on, the detached per-token losses [B, S] float32 of every
     micro-batch are kept (last stage only) until ``take_token_losses()``.
+
+    With ``weighted_sum`` on (gradient capture, megagrape/train/gradient_sources.py) the loss
+    mask carries token weights and the loss is their weighted sum, not a mean; each
+    micro-batch's sum (float64 scalar) is kept until ``take_weighted_sums()``.
     """
 
     def __init__(self) -> None:
         self.record_token_losses = False
+        self.weighted_sum = False
         self._recorded: list[torch.Tensor] = []
+        self._weighted_sums: list[torch.Tensor] = []
 
     def __call__(
         self, logits: torch.Tensor, labels_and_mask: tuple[torch.Tensor, torch.Tensor]
@@ -157,12 +163,21 @@ class PipelineLoss:
         ).transpose(0, 1)
         if self.record_token_losses:
             self._recorded.append(losses.detach().float().contiguous().clone())
+        if self.weighted_sum:
+            total = (losses.float() * loss_mask).sum()
+            self._weighted_sums.append(total.detach().double())
+            return total
         return masked_mean(losses, loss_mask)
 
     def take_token_losses(self) -> list[torch.Tensor]:
         """The recorded per-micro-batch token losses, oldest first; clears the record."""
         recorded, self._recorded = self._recorded, []
         return recorded
+
+    def take_weighted_sums(self) -> list[torch.Tensor]:
+        """The per-micro-batch weighted sums of ``weighted_sum`` mode; clears the record."""
+        sums, self._weighted_sums = self._weighted_sums, []
+        return sums
 
 
 def pipeline_batch(

@@ -149,12 +149,36 @@ def resolve_resume(
     return CheckpointInfo(path, int(match.group(1))), []
 
 
-def check_model_shapes(module: torch.nn.Module, ckpt_dir: Path) -> None:
-    """Compare the checkpoint's saved module tensors with ``module``; name the first mismatch."""
+def _saved_and_current(module: torch.nn.Module, ckpt_dir: Path):
+    """(file, saved tensors, this model's tensors) pairs to compare.
+
+    A pipeline stage compares each of its layers with that layer's own file
+    (``layer_NN-model_MM-model_states.pt``); any other model its first ``*model_states.pt``."""
+    from deepspeed.pipe import PipelineModule
+
+    if isinstance(module, PipelineModule):
+        for index, layer in enumerate(module.forward_funcs):
+            if not isinstance(layer, torch.nn.Module):
+                continue
+            path = Path(module.ckpt_layer_path(str(ckpt_dir), index))
+            if not path.is_file():
+                raise ConfigError(
+                    f"checkpoint {ckpt_dir} has no {path.name} for pipeline stage layer "
+                    f"{index + module._local_start}: it was written by a different pipeline layout "
+                    "(parallel.pipeline_parallel / tensor_parallel) or model configuration"
+                )
+            yield path, safe_torch_load(path), layer.state_dict()
+        return
     for model_file in sorted(ckpt_dir.glob("*model_states.pt")):
         saved = safe_torch_load(model_file)
         saved_module = saved.get("module", saved) if isinstance(saved, dict) else {}
-        current = module.state_dict()
+        yield model_file, saved_module, module.state_dict()
+        return
+
+
+def check_model_shapes(module: torch.nn.Module, ckpt_dir: Path) -> None:
+    """Compare the checkpoint's saved module tensors with ``module``; name the first mismatch."""
+    for model_file, saved_module, current in _saved_and_current(module, ckpt_dir):
         for name, tensor in saved_module.items():
             if not torch.is_tensor(tensor):
                 continue
@@ -169,7 +193,6 @@ def check_model_shapes(module: torch.nn.Module, ckpt_dir: Path) -> None:
                     f"expects {tuple(current[name].shape)}: the model config differs from the run that "
                     "wrote the checkpoint"
                 )
-        return
 
 
 def finalize_save(

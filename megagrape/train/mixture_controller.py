@@ -38,8 +38,14 @@ from megagrape.mixture import (
 )
 from megagrape.mixture.registry import method_class
 from megagrape.mixture.static import load_weights_file, natural_weights
-from megagrape.train.capture import CapturedGradients, CaptureSettings, GradientCapture
-from megagrape.train.capture import capture_mode as select_capture_mode
+from megagrape.train.capture import (
+    CapturedGradients,
+    CaptureSettings,
+    GradientCapture,
+    build_gradient_source,
+    capture_mode,
+    reads_training_rounds,
+)
 from megagrape.train.reference import ReferenceModel
 from megagrape.train.step_stats import StepRecord
 from megagrape.utils.atomic import write_json_atomic
@@ -216,10 +222,15 @@ class MixtureController:
             cfg.train.global_batch_size,
             budget_hint=f"raise data.budget_factor (now {cfg.data.budget_factor}) in the run config",
         )
-        needs_domain_grads = bool(method.needs & DOMAIN_GRADIENT_NEEDS)
+        mode = (
+            capture_mode(module.zero_stage, cfg.parallel.pipeline_parallel)
+            if needs_gradient_capture(method)
+            else None
+        )
+        rounds = bool(method.needs & DOMAIN_GRADIENT_NEEDS) and reads_training_rounds(mode or "")
         schedule = cfg.train.microbatch_schedule
-        # auto: domain-pure rounds only on the steps that end in an event (where the capture
-        # reads per-domain gradients from them); every other step packs full micro-batches.
+        # auto: domain-pure rounds only on the steps that end in an event, and only where the
+        # capture reads per-domain gradients from them; every other step packs full micro-batches.
         plain = "fixed" if schedule == "auto" else schedule
         controller = cls(
             cfg=cfg,
@@ -229,20 +240,19 @@ class MixtureController:
             sampler=sampler,
             sampling=sampling,
             schedule=plain,
-            event_schedule="by_domain" if schedule == "auto" and needs_domain_grads else plain,
+            event_schedule="by_domain" if schedule == "auto" and rounds else plain,
         )
         if needs_reference(method):
             controller.reference = ReferenceModel(
                 cfg, env, mix.reference_checkpoint, data.tokenizer.fingerprint
             )
-        if needs_gradient_capture(method):
+        if mode is not None:
             controller.capture = GradientCapture(
                 needs=method.needs,
-                mode=select_capture_mode(
-                    module.zero_stage, cfg.parallel.pipeline_parallel, mix.method
+                mode=mode,
+                source=build_gradient_source(
+                    mode, module.engine, cfg.model, env, cfg.train.micro_batch_size
                 ),
-                engine_module=module.engine.module,
-                model_cfg=cfg.model,
                 env=env,
                 tasks=data.tasks,
                 datasets=data.datasets,
@@ -274,9 +284,15 @@ class MixtureController:
         return StepPlan(step=step, batch=batch, micro_batches=micro_batches, event=event)
 
     def begin_backward(self, plan: StepPlan) -> None:
-        """Event steps of gradient methods: compute the target gradients before any backward."""
+        """Event steps of gradient methods: target gradients and probes before any backward."""
         if plan.event and self.capture is not None:
-            self.capture.begin_step(plan.step)
+            self.capture.begin_step(
+                plan.step,
+                plan.batch,
+                plan.micro_batches,
+                self.domain_loss_scale(),
+                self.sampler.realised_counts(),
+            )
 
     def after_backward(
         self, micro: MicroBatch, batch: dict[str, torch.Tensor], per_token: torch.Tensor
@@ -291,9 +307,7 @@ class MixtureController:
         """Event steps: finish the capture while the step's gradients are still in place."""
         if not (plan.event and self.capture is not None):
             return None
-        return self.capture.end_step(
-            plan.batch, self.domain_loss_scale(), self.sampler.realised_counts()
-        )
+        return self.capture.end_step()
 
     def take_step_excess(self) -> list[torch.Tensor] | None:
         """The step's per-micro-batch DoReMi excess losses [b] (None without a reference)."""

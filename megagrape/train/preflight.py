@@ -53,7 +53,9 @@ class RunPlan:
     targets: list[str]
     method: str
     method_needs: list[str]
-    capture_mode: str | None  # linear / probe for gradient methods, else None
+    capture_mode: (
+        str | None
+    )  # linear / partitioned / probe / pipeline (gradient methods), else None
     parameters: int  # parameters of the whole model, counted once
 
     def describe(self) -> str:
@@ -185,7 +187,6 @@ def _check_combinations(cfg: RunConfig, ds_config: dict, stage: int, method) -> 
     * ``train.microbatch_schedule: by_domain`` with pipeline parallelism (DeepSpeed's pipeline
       engine runs a fixed number of equal micro-batches);
     * ``mixture.apply: loss`` with pipeline parallelism (its loss is a per-micro-batch mean);
-    * gradient methods with pipeline parallelism or ZeRO-3 (megagrape/train/capture.py);
     * gradient methods with fp16 (the captured training gradients would be loss-scaled while
       the target gradients are not).
     """
@@ -203,7 +204,7 @@ def _check_combinations(cfg: RunConfig, ds_config: dict, stage: int, method) -> 
         )
     if not needs_gradient_capture(method):
         return None
-    mode = capture_mode(stage, cfg.parallel.pipeline_parallel, cfg.mixture.method)
+    mode = capture_mode(stage, cfg.parallel.pipeline_parallel)
     if ds_config.get("fp16", {}).get("enabled") is True:
         raise ConfigError(
             f"mixture.method={cfg.mixture.method} reads training gradients, which DeepSpeed fp16 "

@@ -1,5 +1,5 @@
-"""Sharded gradient capture: the Gram matrices from DP/TP shards under ZeRO 0/1/2 equal the Gram of
-full gradients computed in one process; capture never changes training."""
+"""Sharded gradient capture: the Gram matrices from DP/TP/PP shards under ZeRO 0-3 equal the Gram
+of full gradients computed in one process; capture never changes training."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from megagrape.errors import ConfigError
 from megagrape.train.capture import capture_mode
 from tests.dist_utils import run_distributed
 from tests.run_utils import tiny_config
@@ -23,26 +22,38 @@ def _trainer(corpus, out, name, ds_path, overrides):
 
     cfg = tiny_config(corpus, out, name, *overrides)
     env = parallel.init_distributed(cfg.parallel, cfg.seed)
-    ds = resolve_ds_config(read_ds_config(ds_path), cfg, env.world_size, env.device, pipeline=False)
+    pipeline = cfg.parallel.pipeline_parallel > 1
+    ds = resolve_ds_config(read_ds_config(ds_path), cfg, env.world_size, env.device, pipeline)
     return build_trainer(cfg, ds, env), env
 
 
 def _sharded_capture(rank, world_size, corpus, out, ds_path, overrides):
     from megagrape import parallel
-    from megagrape.train.capture import CaptureSettings, GradientCapture
+    from megagrape.train.capture import CaptureSettings, GradientCapture, build_gradient_source
 
     trainer, env = _trainer(corpus, out, f"cap{rank}", ds_path, (*GRAPE, *overrides))
-    mixture = trainer.mixture
+    mixture, cfg = trainer.mixture, trainer.cfg
+    mode = mixture.capture.mode
+    source = build_gradient_source(
+        mode, trainer.module.engine, cfg.model, env, cfg.train.micro_batch_size
+    )
     mixture.capture = GradientCapture(
         needs=ALL_NEEDS,
-        mode=mixture.capture.mode,
-        engine_module=trainer.module.engine.module,
-        model_cfg=trainer.cfg.model,
+        mode=mode,
+        source=source,
         env=env,
         tasks=trainer.data.tasks,
         datasets=trainer.data.datasets,
-        settings=CaptureSettings.from_config(trainer.cfg),
+        settings=CaptureSettings.from_config(cfg),
     )
+    events = []
+    mixture_after_step = mixture.after_step
+
+    def keep_observed(plan, steps_done, record, observed, lr):
+        events.append(observed)
+        return mixture_after_step(plan, steps_done, record, observed, lr)
+
+    mixture.after_step = keep_observed
     trainer.train_step()
     obs = mixture.last_observation
     parallel.destroy_distributed()
@@ -50,7 +61,12 @@ def _sharded_capture(rank, world_size, corpus, out, ds_path, overrides):
         "G": obs.domain_target_gram.numpy(),
         "D": obs.domain_gram.numpy(),
         "losses": obs.target_losses.numpy(),
-        "mode": mixture.capture.mode,
+        "mode": mode,
+        "probed": events[0].probed_domains,
+        "stored_bytes": events[0].stored_bytes,
+        "slot_bytes": source.slot_bytes(),
+        "model_bytes": 4
+        * sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in source.params),
     }
 
 
@@ -106,15 +122,28 @@ def reference(test_corpus, tmp_path_factory):
         ("configs/ds/zero0.json", (), "linear"),
         ("configs/ds/zero1.json", (), "linear"),
         ("configs/ds/zero2.json", (), "probe"),
+        ("configs/ds/zero3.json", (), "partitioned"),
         ("configs/ds/zero1.json", ("parallel.tensor_parallel=2",), "linear"),
+        ("configs/ds/zero1.json", ("parallel.pipeline_parallel=2",), "pipeline"),
     ],
-    ids=["dp2-zero0", "dp2-zero1", "dp2-zero2", "tp2-zero1"],
+    ids=["dp2-zero0", "dp2-zero1", "dp2-zero2", "dp2-zero3", "tp2-zero1", "pp2-zero1"],
 )
 def test_sharded_gram_equals_full_gram(test_corpus, tmp_path, reference, ds_path, overrides, mode):
     results = run_distributed(_sharded_capture, 2, args=(test_corpus, tmp_path, ds_path, overrides))
     for key in ("G", "D", "losses"):
         np.testing.assert_array_equal(results[0][key], results[1][key])  # every rank agrees
     assert results[0]["mode"] == mode
+    if mode in ("linear", "partitioned"):
+        assert results[0]["probed"] == [], "every domain is in the step-0 batch: read from rounds"
+    else:
+        assert results[0]["probed"] == list(range(len(reference["G"])))
+    if mode == "partitioned":  # each rank holds half of every gradient: N targets + K domains
+        for r in results:
+            assert r["slot_bytes"] <= r["model_bytes"] / 2 + 4096
+            assert (
+                r["stored_bytes"]
+                <= (len(reference["losses"]) + 2 * len(reference["G"]) + 1) * r["slot_bytes"]
+            )
     for key in ("G", "D"):
         ref = reference[key]
         scale = np.abs(ref).max()
@@ -123,29 +152,34 @@ def test_sharded_gram_equals_full_gram(test_corpus, tmp_path, reference, ds_path
     np.testing.assert_allclose(results[0]["losses"], reference["losses"], rtol=1e-5)
 
 
-def _params_after_one_step(rank, world_size, corpus, out, interval, schedule):
+def _local_parameters(engine) -> np.ndarray:
+    """This rank's parameter values, flat: whole local tensors, or ZeRO-3 partitions."""
+    params = [getattr(p, "ds_tensor", p) for p in engine.module.parameters()]
+    return torch.cat([p.detach().reshape(-1) for p in params]).clone().numpy()
+
+
+def _params_after_one_step(rank, world_size, corpus, out, interval, schedule, ds_path, layout):
     from megagrape import parallel
 
     trainer, _env = _trainer(
         corpus,
         out,
         f"p{interval}{schedule}",
-        "configs/ds/zero1.json",
+        ds_path,
         (
             *GRAPE[:1],
             f"mixture.interval={interval}",
             "train.train_iters=1",
             f"train.microbatch_schedule={schedule}",
+            *layout,
         ),
     )
     trainer.train_step()
     captured = trainer.mixture.last_observation is not None
-    flat = torch.cat(
-        [p.detach().reshape(-1) for p in trainer.module.engine.module.parameters()]
-    ).clone()
+    params = _local_parameters(trainer.module.engine)
     parallel.destroy_distributed()
     return {
-        "params": flat.numpy(),
+        "params": params,
         "captured": captured,
         "schedules": (trainer.mixture.schedule, trainer.mixture.event_schedule),
     }
@@ -156,9 +190,10 @@ def test_capture_leaves_training_bit_identical(test_corpus, tmp_path):
     auto schedule packs full micro-batches on steps without an event: the same update up to
     float summation order."""
     args = (test_corpus, tmp_path)
-    with_capture = run_distributed(_params_after_one_step, 2, args=(*args, 1, "by_domain"))
-    without = run_distributed(_params_after_one_step, 2, args=(*args, 1000, "by_domain"))
-    packed = run_distributed(_params_after_one_step, 2, args=(*args, 1000, "auto"))
+    zero1 = ("configs/ds/zero1.json", ())
+    with_capture = run_distributed(_params_after_one_step, 2, args=(*args, 1, "by_domain", *zero1))
+    without = run_distributed(_params_after_one_step, 2, args=(*args, 1000, "by_domain", *zero1))
+    packed = run_distributed(_params_after_one_step, 2, args=(*args, 1000, "auto", *zero1))
     assert with_capture[0]["captured"] and not without[0]["captured"]
     np.testing.assert_array_equal(with_capture[0]["params"], without[0]["params"])
     assert packed[0]["schedules"] == ("fixed", "by_domain")
@@ -166,15 +201,39 @@ def test_capture_leaves_training_bit_identical(test_corpus, tmp_path):
     np.testing.assert_allclose(packed[0]["params"], without[0]["params"], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
-    ("stage", "pp", "message"),
-    [(3, 1, "ZeRO stage 3"), (1, 2, "pipeline parallelism")],
+    ("schedule", "ds_path", "layout", "event_schedule"),
+    [
+        ("by_domain", "configs/ds/zero3.json", (), "by_domain"),
+        ("auto", "configs/ds/zero1.json", ("parallel.pipeline_parallel=2",), "fixed"),
+    ],
+    ids=["zero3-dp2", "pp2"],
 )
-def test_unsupported_combinations_are_named(stage, pp, message):
-    with pytest.raises(ConfigError, match=message):
-        capture_mode(stage, pp, "grape")
-    assert capture_mode(1, 1, "grape") == "linear"
-    assert capture_mode(2, 1, "grape") == "probe"
+def test_capture_through_the_engine_leaves_training_bit_identical(
+    test_corpus, tmp_path, schedule, ds_path, layout, event_schedule
+):
+    """ZeRO-3 and pipeline captures run their passes through the engine itself; the step that
+    follows must still equal the step without a capture, on every rank's own shard."""
+    args = (test_corpus, tmp_path, schedule, ds_path, layout)
+    with_capture = run_distributed(_params_after_one_step, 2, args=(*args[:2], 1, *args[2:]))
+    without = run_distributed(_params_after_one_step, 2, args=(*args[:2], 1000, *args[2:]))
+    assert with_capture[0]["captured"] and not without[0]["captured"]
+    assert with_capture[0]["schedules"][1] == event_schedule
+    for rank in range(2):
+        np.testing.assert_array_equal(with_capture[rank]["params"], without[rank]["params"])
+    assert not np.array_equal(with_capture[0]["params"], with_capture[1]["params"])
+
+
+def test_every_layout_has_a_capture_mode():
+    modes = {(stage, pp): capture_mode(stage, pp) for stage in range(4) for pp in (1, 2)}
+    assert modes == {
+        (0, 1): "linear",
+        (1, 1): "linear",
+        (2, 1): "probe",
+        (3, 1): "partitioned",
+        **{(stage, 2): "pipeline" for stage in range(4)},
+    }
 
 
 def _capture_without_a_trainer(rank, world_size, corpus, out):
@@ -186,6 +245,7 @@ def _capture_without_a_trainer(rank, world_size, corpus, out):
     from megagrape.data.training_data import build_training_data
     from megagrape.model import build_model, token_losses
     from megagrape.train.capture import CaptureSettings, GradientCapture
+    from megagrape.train.gradient_sources import ShadowGradients
 
     cfg = tiny_config(corpus, out, "plain", *GRAPE)
     env = parallel.init_distributed(cfg.parallel, cfg.seed)
@@ -197,22 +257,22 @@ def _capture_without_a_trainer(rank, world_size, corpus, out):
     capture = GradientCapture(
         needs=ALL_NEEDS,
         mode="linear",
-        engine_module=model,
-        model_cfg=cfg.model,
+        source=ShadowGradients(model, cfg.model, env),
         env=env,
         tasks=data.tasks,
         datasets=data.datasets,
         settings=CaptureSettings.from_config(cfg),
     )
-    capture.begin_step(0)
-    for micro in plan_microbatches(batch, 0, 1, cfg.train.micro_batch_size, "by_domain"):
+    plan = plan_microbatches(batch, 0, 1, cfg.train.micro_batch_size, "by_domain")
+    capture.begin_step(0, batch, plan, np.ones(k), sampler.realised_counts())
+    for micro in plan:
         tensors = collate(data.datasets, micro, env.device)
         losses = token_losses(model, tensors)
         mask = tensors["loss_mask"]
         per_sample = (losses * mask).sum(1) / mask.sum(1)
         ((per_sample * tensors["loss_weights"]).sum() / len(batch.domain_ids)).backward()
         capture.after_microbatch(micro)
-    result = capture.end_step(batch, np.ones(k), sampler.realised_counts())
+    result = capture.end_step()
     parallel.destroy_distributed()
     return {
         "G": result.domain_target_gram.numpy(),

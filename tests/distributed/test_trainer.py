@@ -89,7 +89,7 @@ def test_model_parallel_trains(test_corpus, tmp_path, overrides):
         assert scores["loss"] == pytest.approx(evals[task]["loss"], rel=1e-9)
 
 
-def _grape_run(rank, world_size, corpus, out, name, overrides):
+def _grape_run(rank, world_size, corpus, out, name, overrides, ds_path="configs/ds/zero1.json"):
     from megagrape import parallel
 
     cfg = tiny_config(
@@ -104,12 +104,13 @@ def _grape_run(rank, world_size, corpus, out, name, overrides):
         *overrides,
     )
     env = parallel.init_distributed(cfg.parallel, cfg.seed)
-    trainer, summary = train_in_process(cfg, "configs/ds/zero1.json", env)
+    trainer, summary = train_in_process(cfg, ds_path, env)
     parallel.destroy_distributed()
     return {
         "loss": summary["history"]["loss"],
         "step": summary["step"],
         "alpha": trainer.mixture.method.domain_weights.tolist(),
+        "capture_mode": trainer.mixture.capture.mode,
     }
 
 
@@ -156,6 +157,38 @@ def test_exact_resume_reproduces_losses_and_weights(test_corpus, tmp_path):
         p.name for p in (tmp_path / "split" / "checkpoints").iterdir() if p.is_dir()
     )
     assert checkpoints == ["step_000008", "step_000012"], "keep_last=2 retention"
+
+
+@pytest.mark.parametrize(
+    ("ds_path", "layout", "mode"),
+    [
+        ("configs/ds/zero1.json", ("parallel.pipeline_parallel=2",), "pipeline"),
+        ("configs/ds/zero3.json", (), "partitioned"),
+    ],
+    ids=["pp2", "zero3-dp2"],
+)
+def test_grape_trains_and_resumes_exactly_on_large_model_layouts(
+    test_corpus, tmp_path, ds_path, layout, mode
+):
+    """GRAPE's events under pipeline parallelism and ZeRO-3: an interrupted run continues
+    bit-exactly, and the mixture moves."""
+    overrides = ("train.train_iters=8", *layout)
+    full = run_distributed(_grape_run, 2, args=(test_corpus, tmp_path, "full", overrides, ds_path))
+    first = run_distributed(
+        _grape_run,
+        2,
+        args=(test_corpus, tmp_path, "split", (*overrides, "train.exit_interval=4"), ds_path),
+    )
+    second = run_distributed(
+        _grape_run, 2, args=(test_corpus, tmp_path, "split", overrides, ds_path)
+    )
+    assert full[0]["capture_mode"] == mode
+    assert (first[0]["step"], second[0]["step"]) == (4, 8)
+    assert first[0]["loss"] + second[0]["loss"] == full[0]["loss"]
+    assert second[0]["alpha"] == full[0]["alpha"] == full[1]["alpha"]
+    assert max(abs(w - 1 / 3) for w in full[0]["alpha"]) > 1e-3
+    events = (tmp_path / "full" / "mixture.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in events[1:]] == [2, 4, 6, 8]
 
 
 def _static_run(rank, world_size, corpus, out, name, overrides):

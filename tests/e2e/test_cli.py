@@ -50,13 +50,6 @@ BAD_COMBINATIONS = {
         ZERO1,
         "mixture.apply=loss is not supported with parallel.pipeline_parallel > 1",
     ),
-    "grape+pipeline": (
-        ("parallel.pipeline_parallel=2", "mixture.method=grape"),
-        2,
-        ZERO1,
-        "pipeline parallelism (parallel.pipeline_parallel > 1)",
-    ),
-    "doge+zero3": (("mixture.method=doge",), 1, "configs/ds/zero3.json", "ZeRO stage 3"),
     "reference+pipeline": (
         (
             "parallel.pipeline_parallel=2",
@@ -153,6 +146,24 @@ def test_preflight_accepts_a_good_launch_and_describes_it(test_corpus, tmp_path)
     assert plan.method_needs == ["domain_target_gram", "target_losses"]
     text = plan.describe()
     assert "world 2 = DP 2 x TP 1 x PP 1" in text and "legal_cloze" in text
+
+
+@pytest.mark.parametrize(
+    ("overrides", "ds_path", "mode"),
+    [
+        (("mixture.method=grape", "parallel.pipeline_parallel=2"), ZERO1, "pipeline"),
+        (("mixture.method=doge",), "configs/ds/zero3.json", "partitioned"),
+        (("mixture.method=mgda", "parallel.pipeline_parallel=2"), ZERO1, "pipeline"),
+    ],
+    ids=["grape+pipeline", "doge+zero3", "mgda+pipeline"],
+)
+def test_preflight_accepts_gradient_methods_on_every_layout(
+    test_corpus, tmp_path, overrides, ds_path, mode
+):
+    cfg = tiny_config(test_corpus, tmp_path, "layout", *overrides)
+    plan = check(cfg, world_size=2, ds_path=ds_path)
+    assert plan.capture_mode == mode
+    assert f"gradient capture: {mode}" in plan.describe()
 
 
 # ----------------------------------------------------------------------- the command itself
