@@ -75,6 +75,8 @@ class CapturedGradients:
     domain_target_gram: torch.Tensor | None  # [K, N] float64, raw grad l_n
     domain_gram: torch.Tensor | None  # [K, K] float64
     target_losses: torch.Tensor | None  # [N] float64
+    domain_sq_norms: torch.Tensor | None  # [K] float64 ||g_k||^2
+    target_gram: torch.Tensor | None  # [N, N] float64 <grad l_n, grad l_m>, raw gradients
     probed_domains: list[int]  # domains whose gradient came from probe passes
     seconds: float  # wall time of the whole capture, begin_step to end_step
     target_seconds: float  # of which: the N target gradients
@@ -142,6 +144,13 @@ def _bytes(tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
+def _reduced(partial: torch.Tensor, group, device: torch.device) -> torch.Tensor:
+    """A small float64 matrix of partial products summed over ``group``, on the CPU."""
+    total = partial.to(device)
+    dist.all_reduce(total, group=group)
+    return total.cpu()
+
+
 class GradientCapture:
     """Collective object: every rank calls begin_step / after_microbatch / end_step together.
 
@@ -174,6 +183,9 @@ class GradientCapture:
         self.num_domains = len(datasets)
         self.want_targets = "domain_target_gram" in needs or "target_losses" in needs
         self.want_domain_gram = "domain_gram" in needs
+        self.want_sq_norms = "domain_sq_norms" in needs
+        self.want_target_gram = "target_gram" in needs
+        self.want_domain_vectors = self.want_domain_gram or self.want_sq_norms
         if self.want_targets and not tasks:
             raise ValueError("gradient capture of target products needs at least one target task")
         self.store_dtype = settings.store_dtype
@@ -186,12 +198,15 @@ class GradientCapture:
     def _reset(self) -> None:
         self.target_grads: list[list[torch.Tensor]] = []  # [N] slot lists
         self.target_losses: torch.Tensor | None = None
+        self.target_gram: torch.Tensor | None = None
         self.prev_products: torch.Tensor | None = None
         self.products: torch.Tensor | None = None  # [K, N] local sums of round deltas
-        self.prev_grads: list[torch.Tensor] | None = None
-        self.round_vectors: dict[int, list[torch.Tensor]] = {}  # domain -> summed round deltas
+        self.snapshot: list[torch.Tensor] | None = None  # training slots after the last domain
+        self.last_round: dict[int, int] = {}  # domain -> index of its last round in the plan
+        self.rounds_done = 0
+        self.domain_vectors: dict[int, list[torch.Tensor]] = {}  # domain -> slots of g_d
+        self.sq_norms: dict[int, torch.Tensor] = {}  # domain -> local partial ||g_d||^2
         self.probe_rows: dict[int, torch.Tensor] = {}  # domain -> [N] global row of G
-        self.probe_vectors: dict[int, list[torch.Tensor]] = {}  # domain -> slots of g_d
         self.from_training: list[int] = []
         self.probed: list[int] = []
         self.scale: dict[int, float] = {}
@@ -226,6 +241,9 @@ class GradientCapture:
             self.products = torch.zeros(k, len(self.tasks), dtype=torch.float64)
         counts = np.bincount(batch.domain_ids.astype(np.int64), minlength=k)
         rounds = {m.round_domain for m in micro_batches}
+        # by_domain plans run each domain's rounds back to back: a domain's gradient is the
+        # change of the accumulated slots from the end of the previous domain to its last round
+        self.last_round = {m.round_domain: i for i, m in enumerate(micro_batches)}
         self.from_training = [
             d
             for d in range(k)
@@ -249,43 +267,65 @@ class GradientCapture:
         """Read this round's contribution (linear and partitioned modes) right after its backward."""
         if not reads_training_rounds(self.mode) or micro.round_domain < 0:
             return
+        index, domain = self.rounds_done, micro.round_domain
+        self.rounds_done += 1
         grads = self._training_slots()
         if self.want_targets:
             now = self._target_products(grads)
             delta = now - (self.prev_products if self.prev_products is not None else 0.0)
-            self.products[micro.round_domain] += delta
+            self.products[domain] += delta
             self.prev_products = now
+        if self.want_domain_vectors and self.last_round.get(domain) == index:
+            if domain in self.scale:
+                if self.snapshot is None:
+                    vector = [g.clone() for g in grads]
+                else:
+                    vector = [g - before for g, before in zip(grads, self.snapshot)]
+                self._domain_from_training(domain, vector)
+            if index < max(self.last_round.values()):
+                self.snapshot = [g.clone() for g in grads]
+            self._note_bytes()
+
+    def _domain_from_training(self, domain: int, vector: list[torch.Tensor]) -> None:
+        """Keep a domain's gradient read from its rounds, in the source's slot form and scaled
+        to the gradient of the domain's mean loss."""
+        if self.mode == "linear":  # local gradients: DP-summed like the source's slots
+            vector = all_reduce_sum(vector, self.dp_group)
+        factor = self.scale[domain]
+        vector = [v * factor for v in vector]
+        self._keep_domain_vector(domain, vector)
+
+    def _keep_domain_vector(self, domain: int, vector: list[torch.Tensor]) -> None:
+        if self.want_sq_norms:
+            counted = self._counted(vector)
+            self.sq_norms[domain] = gram_matrix([counted], [counted])[0, 0].cpu()
         if self.want_domain_gram:
-            previous = self.prev_grads
-            vector = self.round_vectors.setdefault(
-                micro.round_domain, [torch.zeros_like(g) for g in grads]
-            )
-            for acc, now_g, index in zip(vector, grads, range(len(grads))):
-                acc += now_g if previous is None else now_g - previous[index]
-            self.prev_grads = [g.clone() for g in grads]
-        self._note_bytes()
+            self.domain_vectors[domain] = vector
 
     def end_step(self) -> CapturedGradients:
         """Finish the event after the step's last backward (before the optimizer step)."""
         k = self.num_domains
         gram_rows = dict(self.probe_rows)
-        vectors = dict(self.probe_vectors)
-        if self.from_training:
-            self._rows_from_training(gram_rows, vectors)
+        if self.from_training and self.want_targets:
+            self._rows_from_training(gram_rows)
         domain_target_gram = (
             torch.stack([gram_rows[d] for d in range(k)]) if self.want_targets else None
         )
-        domain_gram = None
+        group = self.source.product_group
+        domain_gram = domain_sq_norms = None
         if self.want_domain_gram:
-            counted = [self._counted(vectors[d]) for d in range(k)]
-            domain_gram = gram_matrix(counted, counted).to(self.env.device)
-            dist.all_reduce(domain_gram, group=self.source.product_group)
-            domain_gram = domain_gram.cpu()
+            counted = [self._counted(self.domain_vectors[d]) for d in range(k)]
+            domain_gram = _reduced(gram_matrix(counted, counted), group, self.env.device)
+        if self.want_sq_norms:
+            partial = torch.stack([self.sq_norms[d] for d in range(k)])
+            domain_sq_norms = _reduced(partial, group, self.env.device)
         self._note_bytes()
         result = CapturedGradients(
             domain_target_gram=domain_target_gram,
             domain_gram=domain_gram,
             target_losses=self.target_losses,
+            domain_sq_norms=domain_sq_norms,
+            target_gram=self.target_gram,
             probed_domains=list(self.probed),
             seconds=time.perf_counter() - self.started,
             target_seconds=self.target_seconds,
@@ -298,27 +338,16 @@ class GradientCapture:
     # ------------------------------------------------------------------ pieces
     def _note_bytes(self) -> None:
         held = sum(_bytes(t) for t in self.target_grads)
-        held += sum(_bytes(v) for v in self.round_vectors.values())
-        held += sum(_bytes(v) for v in self.probe_vectors.values())
-        held += _bytes(self.prev_grads or [])
+        held += sum(_bytes(v) for v in self.domain_vectors.values())
+        held += _bytes(self.snapshot or [])
         self.peak_bytes = max(self.peak_bytes, held)
 
-    def _rows_from_training(
-        self, gram_rows: dict[int, torch.Tensor], vectors: dict[int, list[torch.Tensor]]
-    ) -> None:
-        """Rows of the domains read from the training rounds, scaled from the slots' sums of
-        per-sample gradients to the gradient of the domain's mean loss (``self.scale``)."""
-        if self.want_targets:
-            summed = self.products.clone().to(self.env.device)
-            dist.all_reduce(summed)  # over every rank: local slots, counted once
-            for d, factor in self.scale.items():
-                gram_rows[d] = summed[d].cpu() * factor
-        if self.want_domain_gram:
-            for d, factor in self.scale.items():
-                rounds = self.round_vectors[d]
-                if self.mode == "linear":  # local gradients: into the source's DP-summed form
-                    rounds = all_reduce_sum(rounds, self.dp_group)
-                vectors[d] = [v * factor for v in rounds]
+    def _rows_from_training(self, gram_rows: dict[int, torch.Tensor]) -> None:
+        """Rows of G of the domains read from the training rounds, scaled from the slots' sums
+        of per-sample gradients to the gradient of the domain's mean loss (``self.scale``)."""
+        summed = _reduced(self.products.clone(), None, self.env.device)  # local slots: all ranks
+        for d, factor in self.scale.items():
+            gram_rows[d] = summed[d] * factor
 
     def _probe(self, batch: GlobalBatch, next_unconsumed: np.ndarray) -> None:
         """Rows (and gradient slots) of the probed domains, from the gradient source."""
@@ -327,8 +356,7 @@ class GradientCapture:
             grads = self._probe_domain(batch, d, int(next_unconsumed[d]))
             if self.want_targets:
                 local_rows[d] = self._target_products(grads)
-            if self.want_domain_gram:
-                self.probe_vectors[d] = grads
+            self._keep_domain_vector(d, grads)
             self._note_bytes()
         if local_rows:
             stacked = torch.stack([local_rows[d] for d in self.probed]).to(self.env.device)
@@ -380,6 +408,11 @@ class GradientCapture:
             self._note_bytes()
         dist.all_reduce(losses)  # one contribution per DP rank: the last stage, TP rank 0
         self.target_losses = losses.cpu()
+        if self.want_target_gram:
+            counted = [self._counted(h) for h in self.target_grads]
+            self.target_gram = _reduced(
+                gram_matrix(counted, counted), self.source.product_group, env.device
+            )
 
     def _target_products(self, grads: list[torch.Tensor]) -> torch.Tensor:
         """[N] float64 on the CPU: this rank's counted partial <grads, grad l_n> for every target.

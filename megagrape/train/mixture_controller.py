@@ -50,8 +50,8 @@ from megagrape.train.reference import ReferenceModel
 from megagrape.train.step_stats import StepRecord
 from megagrape.utils.atomic import write_json_atomic
 
-DOMAIN_GRADIENT_NEEDS = frozenset({"domain_target_gram", "domain_gram"})
-CAPTURE_NEEDS = DOMAIN_GRADIENT_NEEDS | {"target_losses"}
+DOMAIN_GRADIENT_NEEDS = frozenset({"domain_target_gram", "domain_gram", "domain_sq_norms"})
+CAPTURE_NEEDS = DOMAIN_GRADIENT_NEEDS | {"target_losses", "target_gram"}
 
 
 def needs_gradient_capture(method) -> bool:
@@ -341,6 +341,8 @@ class MixtureController:
             obs.domain_target_gram = observed.domain_target_gram
             obs.domain_gram = observed.domain_gram
             obs.target_losses = observed.target_losses
+            obs.domain_sq_norms = observed.domain_sq_norms
+            obs.target_gram = observed.target_gram
             self.previous_target_losses = observed.target_losses
         update = self.method.update(obs)
         self.last_observation = obs

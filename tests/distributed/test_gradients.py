@@ -11,7 +11,9 @@ from megagrape.train.capture import capture_mode
 from tests.dist_utils import run_distributed
 from tests.run_utils import tiny_config
 
-ALL_NEEDS = frozenset({"domain_target_gram", "domain_gram", "target_losses"})
+ALL_NEEDS = frozenset(
+    {"domain_target_gram", "domain_gram", "target_losses", "domain_sq_norms", "target_gram"}
+)
 GRAPE = ("mixture.method=grape", "mixture.interval=1", "train.train_iters=1")
 
 
@@ -61,6 +63,8 @@ def _sharded_capture(rank, world_size, corpus, out, ds_path, overrides):
         "G": obs.domain_target_gram.numpy(),
         "D": obs.domain_gram.numpy(),
         "losses": obs.target_losses.numpy(),
+        "norms": obs.domain_sq_norms.numpy(),
+        "T": obs.target_gram.numpy(),
         "mode": mode,
         "probed": events[0].probed_domains,
         "stored_bytes": events[0].stored_bytes,
@@ -108,7 +112,13 @@ def _reference(rank, world_size, corpus, out):
         losses.append(loss)
     g, h = torch.stack(g), torch.stack(h)
     parallel.destroy_distributed()
-    return {"G": (g @ h.T).numpy(), "D": (g @ g.T).numpy(), "losses": np.array(losses)}
+    return {
+        "G": (g @ h.T).numpy(),
+        "D": (g @ g.T).numpy(),
+        "T": (h @ h.T).numpy(),
+        "norms": (g * g).sum(dim=1).numpy(),
+        "losses": np.array(losses),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +140,7 @@ def reference(test_corpus, tmp_path_factory):
 )
 def test_sharded_gram_equals_full_gram(test_corpus, tmp_path, reference, ds_path, overrides, mode):
     results = run_distributed(_sharded_capture, 2, args=(test_corpus, tmp_path, ds_path, overrides))
-    for key in ("G", "D", "losses"):
+    for key in ("G", "D", "T", "norms", "losses"):
         np.testing.assert_array_equal(results[0][key], results[1][key])  # every rank agrees
     assert results[0]["mode"] == mode
     if mode in ("linear", "partitioned"):
@@ -144,7 +154,7 @@ def test_sharded_gram_equals_full_gram(test_corpus, tmp_path, reference, ds_path
                 r["stored_bytes"]
                 <= (len(reference["losses"]) + 2 * len(reference["G"]) + 1) * r["slot_bytes"]
             )
-    for key in ("G", "D"):
+    for key in ("G", "D", "T", "norms"):
         ref = reference[key]
         scale = np.abs(ref).max()
         assert scale > 0
