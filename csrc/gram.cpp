@@ -1,10 +1,12 @@
 // Fused sharded Gram: G[k, n] = sum_j <a[k][j], b[n][j]> over slots j, all K x N products
 // produced in one pass over the K + N vectors (memory-bound by design).
 //
-// CPU algorithm. Every slot is cut into work items of kItemElements elements; an item is
-// processed by one thread and writes its own row of fp64 partials, and the rows are summed
-// in item order at the end, so the result is bit-identical for any thread count. Inside an
-// item, the K + N vectors are read in blocks of kBlockElements elements. A block of all of
+// CPU algorithm. Every slot is cut into chunks of kItemElements elements, and the chunks are
+// dealt in order to at most kMaxPartialRows rows (csrc/gram_plan.h). A row is processed by one
+// thread, accumulates its chunks in order into its own row of fp64 partials, and the rows are
+// summed in row order at the end, so the result is bit-identical for any thread count and
+// the workspace is bounded. Inside a chunk, the K + N vectors are read in blocks of
+// kBlockElements elements. A block of all of
 // them stays in L2 while register tiles of kTileK x kTileN products sweep it, so each
 // element comes from memory once; long blocks keep each vector's reads sequential for long
 // enough for the hardware prefetcher. The tiles sum products in fp32 lanes over short runs
@@ -14,6 +16,8 @@
 #include "gram.h"
 
 #include <ATen/Parallel.h>
+
+#include "gram_plan.h"
 
 #include <algorithm>
 #include <array>
@@ -37,7 +41,7 @@
 
 namespace {
 
-constexpr int64_t kItemElements = 32768;  // elements per work item (one partial row each)
+constexpr int64_t kItemElements = 32768;  // elements per chunk (csrc/gram_plan.h)
 constexpr int64_t kBlockElements = 4096;  // elements of every vector swept while in L2
 constexpr int kTileK = 4;                 // a-vectors per register tile
 constexpr int kTileN = 3;                 // b-vectors per float32 register tile
@@ -130,8 +134,16 @@ GramLayout validate(const VectorList& a, const VectorList& b) {
   return L;
 }
 
+int64_t count_chunks(const std::vector<int64_t>& slot_numel, int64_t item_elements) {
+  int64_t chunks = 0;
+  for (const int64_t numel : slot_numel) chunks += (numel + item_elements - 1) / item_elements;
+  return chunks;
+}
+
+// The chunks of every slot, in slot order: [slot, start, len <= item_elements].
 std::vector<WorkItem> cut_items(const GramLayout& L, int64_t item_elements) {
   std::vector<WorkItem> items;
+  items.reserve(static_cast<size_t>(count_chunks(L.slot_numel, item_elements)));
   for (int64_t j = 0; j < L.P; ++j)
     for (int64_t start = 0; start < L.slot_numel[j]; start += item_elements)
       items.push_back({j, start, std::min(item_elements, L.slot_numel[j] - start)});
@@ -360,10 +372,9 @@ struct BlockViews {
   std::vector<const uint16_t*> as_bf16;     // [U] block start, bf16 bits (all-bf16 calls)
 };
 
-// One work item -> row[K * N] of fp64 partials.
+// row[K * N] += the fp64 partials of one chunk.
 void item_partials(const GramLayout& L, const WorkItem& item, const CpuKernels& cpu,
                    bool direct_bf16, BlockViews& views, double* row) {
-  std::fill(row, row + L.K * L.N, 0.0);
   for (int64_t off = 0; off < item.len; off += kBlockElements) {
     const int64_t len = std::min(kBlockElements, item.len - off);
     const int64_t first = item.start + off;
@@ -389,32 +400,40 @@ void item_partials(const GramLayout& L, const WorkItem& item, const CpuKernels& 
 
 at::Tensor gram_cpu(const GramLayout& L) {
   const auto items = cut_items(L, kItemElements);
-  const int64_t W = static_cast<int64_t>(items.size());
+  const int64_t C = static_cast<int64_t>(items.size());
+  const int64_t R = megagrape_gram::partial_rows(C);
   const int64_t KN = L.K * L.N;
-  std::vector<double> partials(static_cast<size_t>(W * KN));
+  std::vector<double> partials(static_cast<size_t>(R * KN), 0.0);
   const CpuKernels& cpu = kernels_for_this_cpu();
   const bool all_bf16 = std::all_of(L.is_bf16.begin(), L.is_bf16.end(), [](char b) { return b; });
   const bool direct_bf16 = cpu.has_bf16_tiles && all_bf16;
-  at::parallel_for(0, W, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, R, 1, [&](int64_t begin, int64_t end) {
     BlockViews views;
     views.scratch.resize(direct_bf16 ? 0 : static_cast<size_t>(L.U * kBlockElements));
     views.as_float.resize(static_cast<size_t>(L.U));
     views.as_bf16.resize(static_cast<size_t>(L.U));
-    for (int64_t w = begin; w < end; ++w)
-      item_partials(L, items[w], cpu, direct_bf16, views, partials.data() + w * KN);
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t last = megagrape_gram::first_chunk(r + 1, C, R);
+      for (int64_t c = megagrape_gram::first_chunk(r, C, R); c < last; ++c)
+        item_partials(L, items[c], cpu, direct_bf16, views, partials.data() + r * KN);
+    }
   });
   at::Tensor out = at::zeros({L.K, L.N}, at::kDouble);
   double* g = out.data_ptr<double>();
-  for (int64_t w = 0; w < W; ++w)
-    for (int64_t o = 0; o < KN; ++o) g[o] += partials[w * KN + o];
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t o = 0; o < KN; ++o) g[o] += partials[r * KN + o];
   return out;
 }
 
 #ifdef MEGAGRAPE_WITH_CUDA
+static_assert(megagrape_gram::kCudaItemElements == kItemElements,
+              "gram_workspace_bytes reports one plan for the CPU and CUDA paths");
+
 at::Tensor gram_cuda(const GramLayout& L) {
   const c10::cuda::CUDAGuard guard(L.device);
   const auto items = cut_items(L, megagrape_gram::kCudaItemElements);
   const int64_t W = static_cast<int64_t>(items.size());
+  const int64_t R = megagrape_gram::partial_rows(W);
   // One int64 table, copied to the device once: items | slot pointers [P, U] | a | b | bf16.
   const int64_t n_items = 3 * W, n_ptrs = L.P * L.U;
   at::Tensor meta = at::empty({n_items + n_ptrs + L.K + L.N + L.U}, at::kLong);
@@ -433,7 +452,7 @@ at::Tensor gram_cuda(const GramLayout& L) {
 
   const at::Tensor meta_dev = meta.to(L.device);
   const auto f64 = at::TensorOptions().dtype(at::kDouble).device(L.device);
-  at::Tensor partials = at::empty({std::max<int64_t>(W, 1) * L.K * L.N}, f64);
+  at::Tensor partials = at::empty({std::max<int64_t>(R, 1) * L.K * L.N}, f64);
   at::Tensor out = at::empty({L.K, L.N}, f64);
   const int64_t* md = meta_dev.data_ptr<int64_t>();
 
@@ -475,6 +494,17 @@ at::Tensor gram(const VectorList& a, const VectorList& b) {
                     " are not supported (CPU and CUDA only)");
 }
 
+// Bytes of fp64 partials that gram() allocates for slots of these sizes (on either device; the
+// CUDA path also copies a table of 24 bytes per chunk to the device).
+int64_t workspace_bytes(const std::vector<int64_t>& slot_numel, int64_t K, int64_t N) {
+  for (size_t j = 0; j < slot_numel.size(); ++j)
+    TORCH_CHECK_VALUE(slot_numel[j] >= 0, "gram_workspace_bytes: slot ", j, " has ",
+                      slot_numel[j], " elements");
+  TORCH_CHECK_VALUE(K >= 0 && N >= 0, "gram_workspace_bytes: K = ", K, ", N = ", N);
+  const int64_t rows = megagrape_gram::partial_rows(count_chunks(slot_numel, kItemElements));
+  return rows * K * N * static_cast<int64_t>(sizeof(double));
+}
+
 }  // namespace
 
 void register_gram(pybind11::module_& m) {
@@ -488,6 +518,12 @@ float64 [K, N] on the tensors' device with entry (k, n) = sum_j <a[k][j], b[n][j
 Every element is read once; fp32 sums within short blocks, fp64 across blocks, and a
 fixed reduction order (bit-identical results for any thread count). The GIL is released
 while it runs.)doc");
+  m.def("gram_workspace_bytes", &workspace_bytes, pybind11::arg("slot_numel"), pybind11::arg("k"),
+        pybind11::arg("n"),
+        R"doc(Bytes of float64 partials gram(a, b) allocates: slot_numel[j] is the numel of slot
+j, k = len(a), n = len(b). At most gram_max_partial_rows * k * n * 8 for any slot sizes.)doc");
+  m.attr("gram_max_partial_rows") = megagrape_gram::kMaxPartialRows;
+  m.attr("gram_chunk_elements") = kItemElements;
 #ifdef MEGAGRAPE_WITH_CUDA
   m.attr("gram_has_cuda") = true;
 #else

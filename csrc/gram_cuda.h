@@ -6,14 +6,17 @@
 
 #include <cstdint>
 
+#include "gram_plan.h"
+
 namespace megagrape_gram {
 
-// Elements of one slot handled by one thread block (the unit of the fixed-order reduction).
+// Elements of one chunk: a contiguous range of one slot, reduced by one thread block at a time.
 constexpr int64_t kCudaItemElements = 32768;
 
-// Device tables of one call. A work item is a contiguous range [start, start + len) of one
-// slot; vectors are deduplicated ("unique vectors", U of them) so a vector that appears in
-// both a and b is read once per tile.
+// Device tables of one call. An item is one chunk [start, start + len) of one slot, in slot
+// order; the items are dealt to partial_rows(num_items) rows (csrc/gram_plan.h). Vectors are
+// deduplicated ("unique vectors", U of them) so a vector that appears in both a and b is read
+// once per tile.
 struct GramCudaArgs {
   const int64_t* items;      // [num_items, 3]: slot, start element, length (<= kCudaItemElements)
   const int64_t* slot_ptrs;  // [P, U]: data pointer of unique vector u in slot j, as an integer
@@ -24,8 +27,8 @@ struct GramCudaArgs {
   int64_t num_unique;        // U
   int32_t K;
   int32_t N;
-  double* partials;          // [num_items, K, N] workspace: one fp64 partial per item
-  double* out;               // [K, N] result: partials summed over items in item order
+  double* partials;          // [partial_rows(num_items), K, N] workspace: fp64 partials per row
+  double* out;               // [K, N] result: the partials summed over rows in a fixed order
 };
 
 // Enqueues the two kernels on `stream`; returns the launch error, if any (the kernels run

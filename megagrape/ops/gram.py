@@ -44,6 +44,17 @@ def gram_matrix(a: Vectors, b: Vectors) -> torch.Tensor:
     return extension().gram(a_lists, b_lists)
 
 
+def gram_workspace_bytes(slot_numel: Sequence[int], k: int, n: int) -> int:
+    """Bytes of float64 partials that ``gram_matrix`` allocates for K=``k`` by N=``n`` vectors
+    whose slot j has ``slot_numel[j]`` elements (CPU or CUDA).
+
+    Each slot is cut into chunks of ``extension().gram_chunk_elements`` elements, and the
+    chunks are dealt to at most ``extension().gram_max_partial_rows`` rows of k x n partials,
+    so this is at most gram_max_partial_rows * k * n * 8 bytes, whatever the element count.
+    """
+    return extension().gram_workspace_bytes(list(slot_numel), k, n)
+
+
 def gram_reference(a: Vectors, b: Vectors) -> torch.Tensor:
     """The plain torch computation: for each (k, n), sum over slots of float64 dot products.
 

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 import megagrape.ops.extension as extension_module
 import megagrape.ops.gram as gram_module
 from megagrape.ops.extension import ExtensionMissingError, built_with_cuda, extension
-from megagrape.ops.gram import gram_matrix, gram_reference
+from megagrape.ops.gram import gram_matrix, gram_reference, gram_workspace_bytes
 
 gram_kernel = extension().gram
 
@@ -146,6 +146,64 @@ def test_result_independent_of_thread_count_and_run():
         assert torch.equal(results[0], other)
 
 
+def test_workspace_is_bounded_for_any_element_count():
+    # A 7B-parameter shard at K = N = 32: one partial row per 32768-element chunk would be
+    # 213,624 rows, 1.75 GB of float64; the rows are capped instead.
+    cap = extension().gram_max_partial_rows
+    chunk = extension().gram_chunk_elements
+    assert (cap, chunk) == (4096, 32768)
+    bounded = cap * 32 * 32 * 8
+    assert gram_workspace_bytes([7_000_000_000], 32, 32) == bounded  # 32 MiB
+    assert gram_workspace_bytes([3_500_000_000] * 2 + [10**12], 32, 32) == bounded
+    # Below the cap: one row per chunk (an empty slot has none).
+    assert gram_workspace_bytes([1, 0, 2 * chunk + 1], 16, 6) == 4 * 16 * 6 * 8
+    assert gram_workspace_bytes([cap * chunk], 3, 2) == bounded // (32 * 32) * 6
+    assert gram_workspace_bytes([], 3, 2) == 0
+    with pytest.raises(ValueError, match="slot 1 has -1 elements"):
+        gram_workspace_bytes([5, -1], 1, 1)
+
+
+def many_slot_vectors(count, dtype, seed, integers=False):
+    """Vectors of 6000 slots (views into one flat buffer each) of 1..37 elements, plus one
+    of 3 chunks: 6003 chunks, more than the 4096-row cap, so rows take 1 or 2 chunks that
+    may belong to different slots. With `integers`, values in [-8, 8] make every sum exact."""
+    sizes = [i % 37 + 1 for i in range(6000)] + [2 * 32768 + 5]
+    gen = torch.Generator().manual_seed(seed)
+    vectors = []
+    for _ in range(count):
+        if integers:
+            flat = torch.randint(-8, 9, (sum(sizes),), generator=gen).to(dtype)
+        else:
+            flat = torch.randn(sum(sizes), generator=gen).to(dtype)
+        vectors.append(list(flat.split(sizes)))
+    return vectors
+
+
+def test_capped_rows_equal_float64_reference():
+    a = many_slot_vectors(3, torch.float32, seed=21, integers=True)
+    b = many_slot_vectors(2, torch.bfloat16, seed=22, integers=True)
+    slot_numel = [t.numel() for t in a[0]]
+    assert gram_workspace_bytes(slot_numel, 3, 2) == extension().gram_max_partial_rows * 6 * 8
+    assert torch.equal(gram_kernel(a, b), gram_reference(a, b))
+    assert torch.equal(gram_kernel(a, a), gram_reference(a, a))
+    assert torch.equal(gram_kernel(b, b), gram_reference(b, b))  # bf16 tiles
+
+
+def test_capped_rows_independent_of_thread_count():
+    a = many_slot_vectors(4, torch.float32, seed=23)
+    b = many_slot_vectors(3, torch.bfloat16, seed=24)
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            results.append(gram_kernel(a, b))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(results[0], results[1]) and torch.equal(results[0], results[2])
+    assert_close_to_reference(results[0], a, b)
+
+
 def test_empty_inputs():
     b = random_vectors(3, [(4,)], torch.float32, seed=6)
     assert gram_kernel([], b).shape == (0, 3)
@@ -254,16 +312,31 @@ CSRC = Path(__file__).parents[2] / "csrc"
 
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++ (C++20)")
-def test_cuda_kernels_in_cpu_emulation(tmp_path):
+@pytest.mark.parametrize("max_rows", [None, 2], ids=["as-built", "2-rows"])
+def test_cuda_kernels_in_cpu_emulation(tmp_path, max_rows):
     """csrc/gram_cuda.cu's kernels, run on the CPU (tests/unit/gram_cuda_emulation/cuda_mock.h),
-    match a float64 reference: covers the CUDA indexing and reduction where CI has no GPU."""
+    match a float64 reference: covers the CUDA indexing and reduction where CI has no GPU.
+    With max_rows=2 (kMaxPartialRows rewritten in a copy of csrc/gram_plan.h) the cases of
+    several chunks become rows of several chunks, across slots: the bounded-workspace path."""
     source, launches = re.subn(
         r"(\w+)<<<(.+?), kThreads, 0, stream>>>\(",
         r"emulated_launch(\1, \2, kThreads, ",
         (CSRC / "gram_cuda.cu").read_text(),
     )
     assert launches == 2, "the kernel launches in gram_cuda.cu changed: update the rewrite above"
+    # The mock's __launch_bounds__ takes one argument (the block size).
+    source = re.sub(r"__launch_bounds__\((\w+), \w+\)", r"__launch_bounds__(\1)", source)
     (tmp_path / "gram_cuda_emulated.inc").write_text(source)
+    if max_rows is not None:
+        # Next to the .inc, these copies shadow csrc's headers for its #include "...".
+        shutil.copy(CSRC / "gram_cuda.h", tmp_path)
+        plan, found = re.subn(
+            r"kMaxPartialRows = \d+;",
+            f"kMaxPartialRows = {max_rows};",
+            (CSRC / "gram_plan.h").read_text(),
+        )
+        assert found == 1, "kMaxPartialRows moved: update the rewrite above"
+        (tmp_path / "gram_plan.h").write_text(plan)
     (tmp_path / "cuda_runtime_api.h").write_text('#pragma once\n#include "cuda_mock.h"\n')
     binary = tmp_path / "emulate_gram"
     subprocess.run(
@@ -309,6 +382,24 @@ class TestCuda:
         assert torch.equal(first, gram_kernel(a, a))
         assert torch.equal(first, first.T)
         assert_close_to_reference(first, a, a)
+
+    def test_capped_rows_equal_cpu_and_workspace_stays_bounded(self):
+        # 20000 chunks of 3 elements, K = 8 vectors (b is a): the partials take 4096 rows
+        # (2 MiB) where one row per chunk would take 10 MiB; the chunk table adds 1.8 MiB.
+        gen = torch.Generator().manual_seed(14)
+        a_cpu = [
+            list(torch.randint(-8, 9, (60000,), generator=gen).float().split(3)) for _ in range(8)
+        ]
+        a = [[t.cuda() for t in vector] for vector in a_cpu]
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        got = gram_kernel(a, a)
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - before
+        assert gram_workspace_bytes([3] * 20000, 8, 8) == 4096 * 64 * 8
+        assert peak < 5 * 2**20, f"peak {peak / 2**20:.1f} MiB"
+        assert torch.equal(got.cpu(), gram_kernel(a_cpu, a_cpu))
 
     def test_empty_slots_give_zeros(self):
         a = [[torch.empty(0, device="cuda")] for _ in range(3)]
