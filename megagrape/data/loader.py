@@ -71,15 +71,55 @@ class LoaderSettings:
         return cls(num_workers=data.loader_workers, prefetch_factor=data.loader_prefetch)
 
 
+def pack_batch(batch: dict, sample_ids: np.ndarray) -> torch.Tensor:
+    """One micro-batch as one flat byte tensor (one shared-memory segment, one H2D copy).
+
+    Layout, b samples of S tokens: int64 tokens, labels, position_ids [b*S] each, domain_ids
+    and sample_ids [b] each; float64 loss_weights [b]; float32 loss_mask [b*S] (every part
+    starts at a multiple of 8 bytes). ``unpack_batch`` returns views of the same bytes, so the
+    values and dtypes are exactly ``collate``'s.
+    """
+    ints = torch.cat(
+        [
+            batch["tokens"].reshape(-1),
+            batch["labels"].reshape(-1),
+            batch["position_ids"].reshape(-1),
+            batch["domain_ids"],
+            torch.from_numpy(np.asarray(sample_ids, dtype=np.int64)),
+        ]
+    )
+    parts = [ints, batch["loss_weights"], batch["loss_mask"].reshape(-1)]
+    return torch.cat([part.contiguous().view(torch.uint8) for part in parts])
+
+
+def unpack_batch(packed: torch.Tensor, size: int) -> tuple[torch.Tensor, dict]:
+    """(sample_ids [b], collate's dict) as views of ``pack_batch``'s bytes for ``size`` samples."""
+    b = size
+    seq, rest = divmod(packed.numel() - 24 * b, 28 * b)  # 8 (3 b S + 2 b) + 8 b + 4 b S bytes
+    if rest or seq < 1:
+        raise ValueError(f"{packed.numel()} bytes are not a packed batch of {b} samples")
+    ints_end = 8 * (3 * b * seq + 2 * b)
+    ints = packed[:ints_end].view(torch.int64)
+    bs = b * seq
+    batch = {
+        "tokens": ints[:bs].view(b, seq),
+        "labels": ints[bs : 2 * bs].view(b, seq),
+        "position_ids": ints[2 * bs : 3 * bs].view(b, seq),
+        "loss_mask": packed[ints_end + 8 * b :].view(torch.float32).view(b, seq),
+        "domain_ids": ints[3 * bs : 3 * bs + b],
+        "loss_weights": packed[ints_end : ints_end + 8 * b].view(torch.float64),
+    }
+    return ints[3 * bs + b :], batch
+
+
 class _PlannedMicroBatches(torch.utils.data.Dataset):
     """Map-style dataset whose indices are the micro-batches themselves (read in a worker)."""
 
     def __init__(self, datasets: Sequence) -> None:
         self.datasets = datasets
 
-    def __getitem__(self, micro: MicroBatch) -> tuple[torch.Tensor, dict]:
-        ids = torch.from_numpy(np.asarray(micro.sample_ids, dtype=np.int64))
-        return ids, collate(self.datasets, micro, torch.device("cpu"))
+    def __getitem__(self, micro: MicroBatch) -> torch.Tensor:
+        return pack_batch(collate(self.datasets, micro, torch.device("cpu")), micro.sample_ids)
 
 
 class _PlanSampler(torch.utils.data.Sampler):
@@ -162,19 +202,22 @@ class MicroBatchLoader:
                     "MicroBatchLoader.batches was called again before this step's batches "
                     "were all read; the older iteration is over"
                 )
-            sample_ids, batch = next(results)
-            expected = np.asarray(micro.sample_ids, dtype=np.int64)
-            if not (
-                np.array_equal(sample_ids.numpy(), expected)
+            packed = next(results)
+            size = len(micro.sample_ids)
+            try:
+                sample_ids, batch = unpack_batch(packed, size)  # checked on the host
+            except ValueError:
+                sample_ids, batch = None, {}
+            if sample_ids is None or not (
+                np.array_equal(sample_ids.numpy(), micro.sample_ids)
                 and np.array_equal(batch["domain_ids"].numpy(), micro.domain_ids)
             ):
                 raise RuntimeError(
                     f"loader returned the wrong samples for micro-batch {index} of the plan"
                 )
-            yield {
-                key: value.to(self.device, non_blocking=self.pin_memory)
-                for key, value in batch.items()
-            }
+            if self.device.type != "cpu":
+                _, batch = unpack_batch(packed.to(self.device, non_blocking=self.pin_memory), size)
+            yield batch
 
     def _new_loader(self) -> torch.utils.data.DataLoader:
         return torch.utils.data.DataLoader(

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from megagrape.config import load_config
-from megagrape.data.loader import LoaderSettings, MicroBatchLoader, load_batches
+from megagrape.data.loader import LoaderSettings, MicroBatchLoader, load_batches, pack_batch
 from megagrape.data.microbatches import MicroBatch, collate, plan_microbatches
 from megagrape.data.sampler import MixtureSampler
 from megagrape.errors import ConfigError
@@ -210,12 +210,17 @@ def test_a_batch_that_does_not_match_its_micro_batch_is_refused(loader):
     stream = loader._check_and_move(plan, _shifted(loader, plan), loader._current)
     with pytest.raises(RuntimeError, match="wrong samples for micro-batch 0"):
         next(stream)
+    # a batch of another size cannot even be unpacked as this micro-batch
+    one = MicroBatch(plan[0].domain_ids[:1], plan[0].sample_ids[:1], np.ones(1), -1)
+    wrong_size = iter([pack_batch(collate(loader.datasets, one, "cpu"), one.sample_ids)])
+    stream = loader._check_and_move(plan, wrong_size, loader._current)
+    with pytest.raises(RuntimeError, match="wrong samples for micro-batch 0"):
+        next(stream)
 
 
 def _shifted(loader, plan):
     for micro in plan[1:]:
-        ids = torch.from_numpy(micro.sample_ids.astype(np.int64))
-        yield ids, collate(loader.datasets, micro, torch.device("cpu"))
+        yield pack_batch(collate(loader.datasets, micro, torch.device("cpu")), micro.sample_ids)
 
 
 def test_settings_and_config_fields_are_checked():
