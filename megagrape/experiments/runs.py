@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from megagrape.utils.atomic import write_json_atomic
 from megagrape.utils.jsonl import read_jsonl
 
@@ -92,9 +94,15 @@ def build_result(job: RunJob, cfg, summary: dict, seconds: float, fingerprint: s
     tokens_per_step = cfg.train.global_batch_size * cfg.model.seq_length
     evals = summary["history"]["eval"]
     targets = list(evals[-1]["results"]) if evals else []
+    step_seconds = summary["history"].get("step_seconds", [])
+    elapsed = np.cumsum(step_seconds) if len(step_seconds) == summary["step"] else None
     curve = {
         "steps": [e["step"] for e in evals],
         "tokens": [e["step"] * tokens_per_step for e in evals],
+        # training wall time (events included, evaluations excluded) up to each evaluation
+        "train_seconds": (
+            [float(elapsed[e["step"] - 1]) for e in evals] if elapsed is not None else None
+        ),
         "loss": {t: [e["results"][t]["loss"] for e in evals] for t in targets},
     }
     mixture_path = cfg.run_dir / "mixture.jsonl"

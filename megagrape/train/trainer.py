@@ -72,7 +72,8 @@ class Trainer:
         self.done = False  # step == train.train_iters
         self.exiting = False  # this invocation stops here (exit interval, signal, wall time)
         self.healthy = True  # the latest step passed the divergence guard (may be saved)
-        self.history: dict[str, list] = {"loss": [], "eval": []}
+        # this invocation's per-step training loss, wall seconds (events included) and evaluations
+        self.history: dict[str, list] = {"loss": [], "step_seconds": [], "eval": []}
         self.last_eval: dict[str, dict[str, float]] = {}
         self.allowed_changes: dict[str, tuple] = {}  # identity fields changed on purpose
         self._resume()
@@ -126,6 +127,7 @@ class Trainer:
             while not (self.done or self.exiting):
                 record = self.train_step()
                 self.history["loss"].append(record.loss)
+                self.history["step_seconds"].append(record.seconds)
                 bar.update(1)
                 self.done = self.step == iters
                 self.exiting = (

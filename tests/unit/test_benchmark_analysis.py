@@ -120,3 +120,39 @@ def test_runs_with_different_targets_are_refused_by_name():
     del results[3]["final"]["wiki_uk"]
     with pytest.raises(ValueError, match=r"grape-s2 lacks 'wiki_uk'"):
         method_summary(results, "grape")
+
+
+def test_comparisons_carry_interval_wall_clock_loss_difference_and_noise_floor():
+    kinds = {"arc": "mc", "wiki_uk": "lm"}
+    results = []
+    for seed, shift in ((1, 0.0), (2, 0.1), (3, -0.1)):
+        for method, slope, step_seconds in (("uniform", 0.2, 1.0), ("grape", 0.4, 3.0)):
+            r = result(method, seed, slope, kinds)
+            r["curve"]["loss"] = {t: [v + shift for v in c] for t, c in r["curve"]["loss"].items()}
+            r["curve"]["train_seconds"] = (np.arange(1, 6) * step_seconds).tolist()
+            results.append(r)
+    analysis = analyse(results, ["uniform", "grape"])
+    grape = analysis.comparison("grape", "uniform")
+    worst = grape.spreads["worst"]
+    # grape reaches each seed's uniform final worst loss (6 - 1 + 1 + shift at 5) = 6 + shift
+    # at 6 + 1 - 0.4 t = 6 => t = 2.5 (in thousands of tokens): ratio 0.5 on every seed
+    assert [e.bound for e in worst.per_seed] == pytest.approx([0.5, 0.5, 0.5])
+    assert grape.intervals["worst"].low == pytest.approx(0.5)
+    assert grape.intervals["worst"].high == pytest.approx(0.5)
+    # three times the seconds per step: 2.5 steps x 3 s against uniform's 5 x 1 s
+    assert [e.bound for e in grape.wall_clock["worst"].per_seed] == pytest.approx([1.5] * 3)
+    difference = grape.loss_differences["mean"]
+    assert difference.interval.mean == pytest.approx(-0.2 * 5)
+    floor = analysis.noise_floors["worst"]
+    assert len(floor.pairs) == 6 and floor.final_loss_range == pytest.approx(0.2)
+    assert floor.low < 1.0  # the luckiest uniform seed reaches another's final loss early
+    document = analysis.to_dict()
+    headline = document["comparisons"][0]["worst"]
+    assert headline["interval"]["count"] == 3 and headline["wall_clock"]["mean"] == 1.5
+    assert document["noise_floor"]["mean"]["label"].endswith("6 seed pairs")
+
+
+def test_results_without_training_seconds_have_no_wall_clock_efficiency():
+    analysis = analyse(results_for({"arc": "mc"}), ["uniform", "grape"])
+    assert analysis.comparison("grape", "uniform").wall_clock is None
+    assert analysis.to_dict()["comparisons"][0]["mean"]["wall_clock"] is None
