@@ -50,6 +50,46 @@ def _per_target_table(analysis: Analysis, key: str, caption: str, digits: int = 
     return lines
 
 
+def _evidence_table(analysis: Analysis) -> list[str]:
+    """Beside each efficiency: its bootstrap interval, the wall-clock efficiency, the final-loss
+    difference, and uniform's own spread (the noise floor)."""
+    if not analysis.comparisons:
+        return []
+    lines = [
+        "",
+        "## Against seed noise",
+        "",
+        "Paired bootstrap: the 95% percentile interval of the mean efficiency, resampling seeds. "
+        "Wall clock: training seconds (reweighting events included, evaluations excluded) to "
+        "reach the baseline's final loss, over the baseline's training seconds. Final-loss "
+        "difference: method - baseline, nats/token, per seed then bootstrapped.",
+        "",
+        "| method | vs | summary | token efficiency [95% CI] | wall-clock efficiency | "
+        "final-loss difference [95% CI] |",
+        "|---|---|---|---|---|---|",
+    ]
+    for comparison in analysis.comparisons:
+        for kind in ("worst", "mean"):
+            wall = comparison.wall_clock[kind].label() if comparison.wall_clock else NOT_SCORED
+            lines.append(
+                f"| {comparison.method} | {comparison.baseline} | {kind} | "
+                f"{comparison.intervals[kind].label()} | {wall} | "
+                f"{comparison.loss_differences[kind].interval.label(3)} |"
+            )
+    if analysis.noise_floors:
+        lines += [
+            "",
+            f"Noise floor: {BASELINE} seed a measured against {BASELINE} seed b (every ordered "
+            "pair a != b). A method's efficiency is evidence only outside this range.",
+            "",
+            "| summary | uniform vs uniform efficiency | uniform final-loss range (nats/token) |",
+            "|---|---|---|",
+        ]
+        for kind, floor in analysis.noise_floors.items():
+            lines.append(f"| {kind} | {floor.label()} | {floor.final_loss_range:.3f} |")
+    return lines
+
+
 def markdown(analysis: Analysis, settings: Mapping, results: Sequence[Mapping]) -> str:
     """The results.md text: settings, token efficiency (per seed and spread), final scores."""
     lines = ["# Mixture benchmark", ""]
@@ -76,6 +116,7 @@ def markdown(analysis: Analysis, settings: Mapping, results: Sequence[Mapping]) 
             f"| {comparison.method} | {comparison.baseline} | {worst.label()} | {mean.label()} | "
             f"{per_seed[0]} | {per_seed[1]} |"
         )
+    lines += _evidence_table(analysis)
     meets = analysis.grape_meets_target()
     if meets is not None:
         lines += [
@@ -114,6 +155,12 @@ def markdown(analysis: Analysis, settings: Mapping, results: Sequence[Mapping]) 
         "final_ppl",
         "Final perplexity per LM-text target (mean over seeds):",
         digits=2,
+    )
+    lines += _per_target_table(
+        analysis,
+        "final_bpb",
+        "Final bits per UTF-8 byte per LM-text target (mean over seeds; compares across "
+        "tokenizers):",
     )
     with_alpha = [m for m in analysis.methods if "final_alpha" in analysis.summaries[m]]
     if with_alpha:

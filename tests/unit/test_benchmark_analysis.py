@@ -109,6 +109,17 @@ def test_report_tables_and_figures_for_every_target_kind(tmp_path, kinds):
         assert lines[header] == "| method | " + " | ".join(lm) + " |"
     else:
         assert "perplexity" not in text
+    if lm:
+        header = lines.index(
+            "Final bits per UTF-8 byte per LM-text target (mean over seeds; compares across "
+            "tokenizers):"
+        )
+        assert lines[header + 2] == "| method | " + " | ".join(lm) + " |"
+    start = lines.index("## Against seed noise")
+    evidence = [line for line in lines[start:] if line.startswith("| grape | uniform | ")]
+    assert [row.split(" | ")[2] for row in evidence] == ["worst", "mean"]
+    assert all("[" in row.split(" | ")[3] for row in evidence)  # 2 seeds: an interval
+    assert any(line.startswith("| worst | [") for line in lines)  # uniform's noise floor
     document = json.loads((tmp_path / "results.json").read_text())
     assert document["analysis"]["summaries"]["grape"]["accuracy_targets"] == mc
     headline = document["analysis"]["comparisons"][0]
