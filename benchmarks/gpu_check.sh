@@ -9,7 +9,8 @@
 # Steps, each under `timeout` and inside a total budget (GPU_CHECK_BUDGET_S, default 450 s);
 # a failing step is recorded (status, exit code, tail of its log) and the next one runs:
 #   env                 the Python with a CUDA torch, versions, nvidia-smi
-#   deps                .whl/*.whl installed into a scratch folder (if any); imports checked
+#   deps_install        .whl/*.whl (--prepare-wheels) installed into a scratch folder
+#   deps                the imports that megagrape and the tests need
 #   build               megagrape._C compiled with CUDA for this GPU (out of tree, then the
 #                       .so copied into megagrape/); dry run: the built CPU extension is used
 #   gpu_tests           (a) pytest -m gpu; dry run: --collect-only
@@ -138,9 +139,14 @@ cat "$WORK/nvidia.txt" >>"$LOG"
 ARCH=$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1])).get("capability", ""))' "$WORK/env.json" 2>/dev/null)
 
 # --- deps: carried wheels, then the imports that megagrape and the tests need.
-if ls "$REPO"/.whl/*.whl >/dev/null 2>&1; then
-  step deps_install 90 "" "$PY" -m pip install -q --no-index --no-deps --no-compile \
-    --no-cache-dir --upgrade --target "$WORK/site" "$REPO"/.whl/*.whl
+INSTALL=("$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade
+  --target "$WORK/site" "$REPO"/.whl/*.whl)
+if [ "$DRY" = 1 ]; then
+  skip deps_install "dry run: the local environment is used as it is" "${INSTALL[@]}"
+elif ls "$REPO"/.whl/*.whl >/dev/null 2>&1; then
+  step deps_install 90 "" "${INSTALL[@]}"
+else
+  skip deps_install "no .whl/*.whl (benchmarks/gpu_check.sh --prepare-wheels makes them)" "${INSTALL[@]}"
 fi
 step deps 60 "" "$PY" -c '
 import importlib
