@@ -19,6 +19,7 @@ against uniform seed s. Exit code 1 if a run failed, 2 on bad input.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import sys
@@ -133,6 +134,23 @@ def _settings(plan, workers: int, threads: int, wall: float | None, estimate: fl
     }
 
 
+def _unigram_levels(plan) -> dict:
+    """Each target's unigram level for this corpus and evaluation (cached in the out dir)."""
+    from megagrape.experiments.unigram import unigram_levels
+    from megagrape.utils.atomic import write_json_atomic
+
+    cfg = plan.jobs[0].config()
+    key = f"{plan.corpus} {cfg.model.seq_length} {cfg.targets.eval_max_items} {cfg.seed}"
+    path = plan.out / "unigram_levels.json"
+    if path.is_file():
+        cached = json.loads(path.read_text())
+        if cached.get("key") == key:
+            return cached["levels"]
+    levels = unigram_levels(cfg)
+    write_json_atomic(path, {"key": key, "levels": levels})
+    return levels
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     from megagrape.experiments.analysis import analyse
@@ -203,8 +221,9 @@ def main(argv: list[str] | None = None) -> int:
         "run_seconds": {r["name"]: r["seconds"] for r in ordered},
         "failures": failures,
     }
-    paths = write_outputs(plan.out, analysis, ordered, settings, {"timing": timing})
-    print(markdown(analysis, settings, ordered).split("## Final scores")[0])
+    unigram = _unigram_levels(plan)
+    paths = write_outputs(plan.out, analysis, ordered, settings, {"timing": timing}, unigram)
+    print(markdown(analysis, settings, ordered, unigram).split("## Final scores")[0])
     print(f"[bench] wrote {', '.join(str(p) for p in paths.values())}")
     for name, message in failures.items():
         print(f"[bench] FAILED {name}: {message}", file=sys.stderr)

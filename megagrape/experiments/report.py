@@ -31,9 +31,16 @@ def _range(stats: Mapping[str, float] | None, digits: int = 3) -> str:
     return f"{stats['mean']:.{digits}f} [{stats['min']:.{digits}f}, {stats['max']:.{digits}f}]"
 
 
-def _per_target_table(analysis: Analysis, key: str, caption: str, digits: int = 3) -> list[str]:
+def _per_target_table(
+    analysis: Analysis,
+    key: str,
+    caption: str,
+    digits: int = 3,
+    floor: Mapping[str, float] | None = None,
+) -> list[str]:
     """A method x target table of ``summaries[method][key]`` means, over the targets any
-    method has that number for (n/a where one lacks it); no lines when no target has it."""
+    method has that number for (n/a where one lacks it); no lines when no target has it.
+    ``floor``: a last row of reference values per target (the unigram level)."""
     targets: list[str] = []
     for method in analysis.methods:
         for target in analysis.summaries[method].get(key, {}):
@@ -47,6 +54,9 @@ def _per_target_table(analysis: Analysis, key: str, caption: str, digits: int = 
         values = analysis.summaries[method].get(key, {})
         cells = [f"{values[t]['mean']:.{digits}f}" if t in values else NOT_SCORED for t in targets]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    if floor:
+        cells = [f"{floor[t]:.{digits}f}" if t in floor else NOT_SCORED for t in targets]
+        lines.append("| *unigram level* | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -90,8 +100,20 @@ def _evidence_table(analysis: Analysis) -> list[str]:
     return lines
 
 
-def markdown(analysis: Analysis, settings: Mapping, results: Sequence[Mapping]) -> str:
-    """The results.md text: settings, token efficiency (per seed and spread), final scores."""
+def _unigram_column(unigram: Mapping[str, Mapping[str, float]] | None, key: str) -> dict:
+    return {t: scores[key] for t, scores in (unigram or {}).items() if key in scores}
+
+
+def markdown(
+    analysis: Analysis,
+    settings: Mapping,
+    results: Sequence[Mapping],
+    unigram: Mapping[str, Mapping[str, float]] | None = None,
+) -> str:
+    """The results.md text: settings, token efficiency (per seed and spread), final scores.
+
+    ``unigram``: each target's scores of the unigram model (megagrape.experiments.unigram),
+    shown as the last row of the per-target loss and bits-per-byte tables."""
     lines = ["# Mixture benchmark", ""]
     lines += [f"* {key}: {value}" for key, value in settings.items()]
     lines += [
@@ -144,7 +166,13 @@ def markdown(analysis: Analysis, settings: Mapping, results: Sequence[Mapping]) 
             f"{_range(s['mean_acc_norm'])} | {s['worst_target']} | "
             f"{s['seconds']['mean'] / 60:.1f} |"
         )
-    lines += _per_target_table(analysis, "final_loss", "Final loss per target (mean over seeds):")
+    lines += _per_target_table(
+        analysis,
+        "final_loss",
+        "Final loss per target (mean over seeds; the unigram level is a model that knows only "
+        "the training token frequencies):",
+        floor=_unigram_column(unigram, "loss"),
+    )
     lines += _per_target_table(
         analysis,
         "final_acc",
@@ -161,6 +189,7 @@ def markdown(analysis: Analysis, settings: Mapping, results: Sequence[Mapping]) 
         "final_bpb",
         "Final bits per UTF-8 byte per LM-text target (mean over seeds; compares across "
         "tokenizers):",
+        floor=_unigram_column(unigram, "bpb"),
     )
     with_alpha = [m for m in analysis.methods if "final_alpha" in analysis.summaries[m]]
     if with_alpha:
@@ -189,6 +218,7 @@ def write_outputs(
     results: Sequence[Mapping],
     settings: Mapping,
     extra: Mapping | None = None,
+    unigram: Mapping[str, Mapping[str, float]] | None = None,
 ) -> dict[str, Path]:
     """Write results.json, results.md and the figures under ``out``; returns their paths."""
     out.mkdir(parents=True, exist_ok=True)
@@ -211,10 +241,11 @@ def write_outputs(
         "settings": dict(settings),
         **(dict(extra) if extra else {}),
         "analysis": analysis.to_dict(),
+        "unigram_levels": dict(unigram) if unigram else None,
         "runs": list(results),
     }
     paths["json"] = out / "results.json"
     write_atomic(paths["json"], json.dumps(document, indent=1))
     paths["markdown"] = out / "results.md"
-    write_atomic(paths["markdown"], markdown(analysis, settings, results))
+    write_atomic(paths["markdown"], markdown(analysis, settings, results, unigram))
     return paths

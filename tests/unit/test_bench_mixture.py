@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import runpy
 import time
 from pathlib import Path
 
@@ -25,6 +26,8 @@ from megagrape.experiments.efficiency import (
 from megagrape.experiments.report import write_outputs
 from megagrape.experiments.runs import RunJob, run_jobs
 from megagrape.utils.atomic import write_json_atomic
+
+REPO = Path(__file__).resolve().parents[2]
 
 TOKENS = np.arange(1, 11, dtype=np.float64) * 1000.0  # 10 evaluation points, 1k..10k tokens
 
@@ -343,4 +346,19 @@ def test_smoke_benchmark_end_to_end(test_corpus, tmp_path):
     assert result["curve"]["train_seconds"][-1] > result["curve"]["train_seconds"][0] > 0
     again = run_jobs(plan.jobs, workers=1, progress=False)
     assert sorted(again.reused) == ["grape-s1", "uniform-s1"]
+    # the tool's own report from the finished runs: unigram levels beside the losses
+    tool = runpy.run_path(str(REPO / "tools/bench_mixture.py"), run_name="bench_mixture_tool")
+    argv = ["--scale", "smoke", "--corpus", str(test_corpus), "--methods", "uniform,grape"]
+    assert tool["main"]([*argv, "--seeds", "1", "--out", str(tmp_path), "--report-only"]) == 0
+    report = (tmp_path / "results.md").read_text().splitlines()
+    floor = next(line for line in report if line.startswith("| *unigram level* |"))
+    levels = json.loads((tmp_path / "unigram_levels.json").read_text())["levels"]
+    assert (
+        floor
+        == "| *unigram level* | "
+        + " | ".join(f"{levels[t]['loss']:.3f}" for t in ("legal_cloze", "prose_cloze"))
+        + " |"
+    )
+    document = json.loads((tmp_path / "results.json").read_text())
+    assert document["unigram_levels"] == levels
     print(f"smoke benchmark: {elapsed:.1f} s for 2 runs")
