@@ -6,11 +6,11 @@
 // thread, accumulates its chunks in order into its own row of fp64 partials, and the rows are
 // summed in row order at the end, so the result is bit-identical for any thread count and
 // the workspace is bounded. Inside a chunk, the K + N vectors are read in blocks of
-// kBlockElements elements. A block of all of
-// them stays in L2 while register tiles of kTileK x kTileN products sweep it, so each
-// element comes from memory once; long blocks keep each vector's reads sequential for long
-// enough for the hardware prefetcher. The tiles sum products in fp32 lanes over short runs
-// (kLaneTerms products per lane) and add the runs in fp64.
+// kBlockElements elements. A block of all of them stays in L2 while register tiles of
+// kTileK x kTileN products sweep it, so each element comes from memory once; long blocks
+// keep each vector's reads sequential for long enough for the hardware prefetcher. The tiles
+// sum products in fp32 lanes over short runs (kLaneTerms products per lane) and add the runs
+// in fp64.
 // When every vector is bfloat16 (and the CPU has AVX2), the tiles widen bf16 in registers;
 // otherwise bf16 blocks are widened into a per-thread float32 scratch first.
 #include "gram.h"
