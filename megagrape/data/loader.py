@@ -20,8 +20,10 @@ the sampler's, unchanged.
   pickled) on the first ``batches`` call and reused by every later step; ``close()`` ends
   them (the Trainer calls it when training ends, whichever way it ends) and a later
   ``batches`` call starts a fresh pool.
-* On CUDA the worker's tensors are pinned by the DataLoader's pin-memory thread and copied
-  with ``non_blocking=True``.
+* A worker hands back each micro-batch as one packed byte tensor (``pack_batch``: one
+  shared-memory segment instead of six); on CUDA the DataLoader's pin-memory thread pins it
+  and it is copied with ``non_blocking=True``, once; ``unpack_batch`` gives ``collate``'s
+  keys and dtypes as views of it.
 * Stop signals (SIGTERM, SIGUSR1, SIGINT) are ignored in the workers: the training process
   decides when to stop (a checkpoint at the next step boundary) and closes the loader.
   A worker dies with its parent (``PR_SET_PDEATHSIG`` on Linux; torch's own watchdog too).
