@@ -23,6 +23,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 PRESETS: dict[str, str] = {
     "reasoning": "data/reasoning",
     "quickstart": "data/quickstart",
+    "multilingual": "data/multilingual",
 }
 """Preset name -> corpus directory (relative to the repository root)."""
 

