@@ -112,11 +112,14 @@ def run_benchmark(name: str, size: str, device: str) -> dict:
 
 
 def load_records() -> dict[str, list[dict]]:
-    """Every stored record, by benchmark name (CPU first, then other devices)."""
+    """Every stored record, by benchmark name (CPU first, then other devices). Result files of
+    other tools in the same folder (crash trials, capture memory) carry no ``benchmark`` key
+    and are not this page's."""
     records: dict[str, list[dict]] = {}
     for path in sorted(RESULTS.glob("*.json")):
         record = json.loads(path.read_text())
-        records.setdefault(record["benchmark"], []).append(record)
+        if "benchmark" in record and "machine" in record:
+            records.setdefault(record["benchmark"], []).append(record)
     for rows in records.values():
         rows.sort(key=lambda r: r["machine"]["device"] != "cpu")
     return records

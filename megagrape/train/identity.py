@@ -38,6 +38,7 @@ FREE_FIELDS = (
     "data.prefixes",
     "data.tokenizer",
     "data.cache_dir",
+    "data.loader_",
     "targets.dir",
     "targets.eval_interval",
     "targets.eval_max_items",

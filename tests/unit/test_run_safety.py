@@ -44,6 +44,16 @@ def test_identity_names_every_changed_field_and_ignores_free_ones():
     assert "checkpoint.allow_changes=[mixture.options, seed, train.lr]" in message
 
 
+def test_loader_settings_do_not_change_the_trajectory_or_block_old_checkpoints():
+    saved = identity_of(["data.loader_workers=0"])
+    assert identity_changes(saved, identity_of(["data.loader_workers=2"])) == {}
+    old = saved.as_dict()  # written before the loader fields existed
+    for section in (old["config"], old["config"].get("data", {})):
+        for key in [k for k in section if "loader_" in k]:
+            del section[key]
+    assert identity_changes(RunIdentity.from_dict(old), identity_of()) == {}
+
+
 def test_allowed_changes_pass_and_are_returned_but_others_still_stop():
     saved, changed = identity_of(["train.lr=1e-3"]), identity_of(["train.lr=5e-4", "seed=9"])
     with pytest.raises(ConfigError, match="seed"):
