@@ -304,7 +304,7 @@ def prepare_corpus(
 
     index = NgramIndex.from_texts((item_text(i) for i in all_items), n=NGRAM, min_words=MIN_WORDS)
     manifest.decontamination = {
-        "method": "word n-gram overlap with target context + gold continuation",
+        "method": "word n-gram overlap with target context + gold continuation (mc) or text (lm)",
         "ngram": NGRAM,
         "min_words": MIN_WORDS,
         "target_ngrams": index.ngram_count,
