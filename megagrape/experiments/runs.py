@@ -66,9 +66,15 @@ class RunJob:
 
     def fingerprint(self) -> str:
         """sha256 of the resolved run config and the DeepSpeed config: a result is reused only
-        when both are unchanged."""
+        when both are unchanged. Where the run writes (``output_dir``, ``data.cache_dir``) and
+        how it logs are left out, so finished results copied to another folder (committed
+        with the repository, say) are still found by a rerun there."""
+        config = self.config().to_dict()
+        config.pop("output_dir", None)
+        config.pop("logging", None)
+        config.get("data", {}).pop("cache_dir", None)
         payload = {
-            "config": self.config().to_dict(),
+            "config": config,
             "ds_config": Path(self.ds_config).read_text(),
             "version": RESULT_VERSION,
         }

@@ -362,3 +362,23 @@ def test_smoke_benchmark_end_to_end(test_corpus, tmp_path):
     document = json.loads((tmp_path / "results.json").read_text())
     assert document["unigram_levels"] == levels
     print(f"smoke benchmark: {elapsed:.1f} s for 2 runs")
+
+
+def test_a_result_is_found_again_from_another_output_folder(test_corpus, tmp_path):
+    def job(out, *overrides):
+        plan = plan_benchmark(
+            scale="smoke",
+            preset="t",
+            corpus=str(test_corpus),
+            methods=["uniform"],
+            seeds=[1],
+            out=out,
+            overrides=overrides,
+        )
+        return plan.jobs[0]
+
+    here = job(tmp_path / "a")
+    assert job(tmp_path / "b").fingerprint() == here.fingerprint()
+    assert job(tmp_path / "a", "logging.interval=1").fingerprint() == here.fingerprint()
+    assert job(tmp_path / "a", "train.lr=1e-3").fingerprint() != here.fingerprint()
+    assert job(tmp_path / "a", "targets.eval_max_items=3").fingerprint() != here.fingerprint()
