@@ -198,7 +198,7 @@ def run_cli(*args: str, world_size: int = 1, timeout: float = 120):
     ("overrides", "message"),
     [
         (
-            ("parallel.pipeline_parallel=2", "mixture.method=grape"),
+            ("parallel.pipeline_parallel=2", "mixture.method=odm", "mixture.apply=loss"),
             "parallel.pipeline_parallel > 1",
         ),
         (("data.domains=[code,prse]",), "data.domains names ['prse']"),
