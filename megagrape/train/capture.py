@@ -181,7 +181,7 @@ class GradientCapture:
         self.datasets = datasets
         self.settings = settings
         self.num_domains = len(datasets)
-        self.want_targets = "domain_target_gram" in needs or "target_losses" in needs
+        self.want_targets = bool(needs & {"domain_target_gram", "target_losses", "target_gram"})
         self.want_domain_gram = "domain_gram" in needs
         self.want_sq_norms = "domain_sq_norms" in needs
         self.want_target_gram = "target_gram" in needs
