@@ -10,10 +10,10 @@ wall time and the benchmark's own JSON. The page shows every JSON found there, s
 taken on a GPU machine (run this script there with --device cuda, then copy the *-cuda.json
 files back) appear next to the CPU ones with the GPU's name.
 
-Mixture quality is the long one (tools/bench_mixture.py, about 40 min on 2 cores at its
-default size): it runs only with --mixture-run; otherwise the page is built from the results
-of an earlier `tools/bench_mixture.py` run in --mixture-dir (default runs/bench_mixture), and its
-figures are copied to docs/benchmarks/.
+The mixture studies are the long ones (hours on 2 cores; each resumes where it stopped): the
+page is built from the folders they write under benchmarks/results/ (STUDIES below names each
+folder and the command that fills it), and their figures are copied to docs/benchmarks/.
+--mixture-run also runs (or resumes) the default mixture benchmark first.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -261,32 +262,75 @@ def device_sections(rows: list[dict], render) -> list[str]:
     return lines
 
 
-def mixture_section(mixture_dir: Path) -> list[str]:
-    results = mixture_dir / "results.md"
-    if not results.exists():
-        return [
-            f"No results in {mixture_dir.relative_to(ROOT) if mixture_dir.is_relative_to(ROOT) else mixture_dir}: "
-            "run `python tools/bench_mixture.py` (or this script with --mixture-run) first.",
-        ]
+@dataclass(frozen=True)
+class Study:
+    """A mixture study whose results live in one folder under benchmarks/results/."""
+
+    folder: str
+    title: str
+    command: str
+    """The command that produces (and resumes) the folder."""
+    markdown: str
+    """The study's own Markdown report in the folder."""
+
+
+STUDIES = (
+    Study(
+        "mixture_reasoning",
+        "Mixture quality: reasoning preset (multiple-choice targets)",
+        "python tools/bench_mixture.py --out benchmarks/results/mixture_reasoning",
+        "results.md",
+    ),
+    Study(
+        "mixture_multilingual",
+        "Mixture quality: multilingual preset (held-out LM-text targets)",
+        "python tools/bench_mixture.py --preset multilingual --methods uniform,grape "
+        "--out benchmarks/results/mixture_multilingual",
+        "results.md",
+    ),
+    Study(
+        "gradient_scaling",
+        "GRAPE gradient scaling: one setting on two model sizes and two learning rates",
+        "python tools/study_gradient_scaling.py",
+        "study.md",
+    ),
+    Study(
+        "sweep_grape",
+        "GRAPE sensitivity: mu_a x mu_z x interval x smoothing",
+        "python tools/sweep_grape.py --preset reasoning --out benchmarks/results/sweep_grape",
+        "sweep.md",
+    ),
+)
+
+
+def study_section(study: Study, folder: Path) -> list[str]:
+    """The study's report with its headings demoted under this page's and its figures
+    copied to docs/benchmarks/<folder>_<name>.png; a line saying how to run it if absent."""
+    report = folder / study.markdown
+    if not report.exists():
+        return [f"Not run yet: `{study.command}`."]
     FIGURES.mkdir(parents=True, exist_ok=True)
     figures = []
-    for png in sorted(mixture_dir.glob("*.png")):
-        shutil.copyfile(png, FIGURES / png.name)
-        figures.append(f"![{png.stem}](benchmarks/{png.name})")
-    text = results.read_text().split("\n## Figures")[0]  # its figures are linked below instead
-    # Drop results.md's own title; demote its sections under this page's.
-    body = [("#" + line if line.startswith("## ") else line) for line in text.splitlines()[1:]]
-    runs = json.loads((mixture_dir / "results.json").read_text())["runs"]
-    run_minutes = sum(r["seconds"] for r in runs) / 60
-    return [
-        "`python tools/bench_mixture.py` (the reasoning preset at the cpu scale; settings and "
-        f"machine below). The {len(runs)} runs took {run_minutes:.0f} run-minutes in all "
-        "(minutes/run in the table below; runs go 2 at a time at this scale, and the times "
-        "include any other load on the machine while they ran).",
-        *body,
-        "",
-        *figures,
-    ]
+    for png in sorted(folder.glob("*.png")):
+        name = f"{study.folder}_{png.name}"
+        shutil.copyfile(png, FIGURES / name)
+        figures.append(f"![{png.stem}](benchmarks/{name})")
+    text = report.read_text().split("\n## Figures")[0]  # its figures are linked below instead
+    lines = text.splitlines()
+    if lines and lines[0].startswith("# "):
+        lines = lines[1:]  # the report's own title: this page's section heading replaces it
+    body = [("##" + line if line.startswith("#") else line) for line in lines]
+    intro = [f"`{study.command}`"]
+    runs_file = folder / "results.json"
+    if runs_file.exists():
+        runs = json.loads(runs_file.read_text())["runs"]
+        minutes = sum(r["seconds"] for r in runs) / 60
+        intro = [
+            f"`{study.command}` (settings and machine below). The {len(runs)} runs took "
+            f"{minutes:.0f} run-minutes in all (runs go 2 at a time at the cpu scale, and the "
+            "times include any other load on the machine while they ran)."
+        ]
+    return [*intro, *body, "", *figures]
 
 
 GPU_TODO = [
@@ -299,7 +343,7 @@ GPU_TODO = [
 ]
 
 
-def render_page(records: dict[str, list[dict]], mixture_dir: Path) -> str:
+def render_page(records: dict[str, list[dict]], results_dir: Path) -> str:
     has_gpu = any(r["machine"].get("gpu") for rows in records.values() for r in rows)
     lines = [
         "# Benchmarks",
@@ -321,7 +365,8 @@ def render_page(records: dict[str, list[dict]], mixture_dir: Path) -> str:
         lines += [f"## {title}", ""]
         rows = records.get(name, [])
         lines += device_sections(rows, render) if rows else ["Not measured yet.", ""]
-    lines += ["## Mixture quality", "", *mixture_section(mixture_dir), ""]
+    for study in STUDIES:
+        lines += [f"## {study.title}", "", *study_section(study, results_dir / study.folder), ""]
     return "\n".join(lines)
 
 
@@ -333,16 +378,16 @@ def main() -> None:
     parser.add_argument("--only", default="blending,gram,step", help="benchmarks to run")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (the Gram kernel's device)")
     parser.add_argument("--report-only", action="store_true", help="only re-render the page")
-    parser.add_argument("--mixture-dir", default="runs/bench_mixture")
     parser.add_argument(
-        "--mixture-run", action="store_true", help="also run tools/bench_mixture.py"
+        "--mixture-run",
+        action="store_true",
+        help="also run (or resume) the default mixture benchmark",
     )
     args = parser.parse_args()
     names = [n for n in args.only.split(",") if n]
     unknown = sorted(set(names) - set(SCRIPTS))
     if unknown:
         parser.error(f"--only: unknown {unknown}; choose from {sorted(SCRIPTS)}")
-    mixture_dir = (ROOT / args.mixture_dir).resolve()
     if not args.report_only:
         RESULTS.mkdir(parents=True, exist_ok=True)
         suffix = "" if args.device == "cpu" else f"-{args.device.split(':')[0]}"
@@ -350,12 +395,9 @@ def main() -> None:
             record = run_benchmark(name, "quick" if args.quick else "full", args.device)
             (RESULTS / f"{name}{suffix}.json").write_text(json.dumps(record, indent=1) + "\n")
         if args.mixture_run:
-            subprocess.run(
-                [sys.executable, "tools/bench_mixture.py", "--out", str(mixture_dir)],
-                cwd=ROOT,
-                check=True,
-            )
-    PAGE.write_text(render_page(load_records(), mixture_dir))
+            command = [sys.executable, *shlex.split(STUDIES[0].command)[1:]]
+            subprocess.run(command, cwd=ROOT, check=True)
+    PAGE.write_text(render_page(load_records(), RESULTS))
     print(f"[run_all] wrote {PAGE.relative_to(ROOT)}")
 
 

@@ -1,7 +1,7 @@
 """Benchmark mixture methods: the same model and token budget under each method and seed.
 
     python tools/bench_mixture.py                                   # uniform,doge,grape x 3 seeds on reasoning, CPU scale
-    python tools/bench_mixture.py --methods uniform,natural,doge,doremi,odm,mgda,imtl,hybrid,grape --seeds 3
+    python tools/bench_mixture.py --methods uniform,natural,doge,doremi,odm,mgda,imtl,epo,hybrid,grape --seeds 3
     python tools/bench_mixture.py --preset quickstart --seeds 11,12 --out runs/bench_qs
     python tools/bench_mixture.py --scale gpu --jobs 1              # configs/reasoning.yaml's model and steps
     python tools/bench_mixture.py --method-override grape:mixture.options.mu_a=3 --seeds 101,102 --out runs/tune

@@ -5,8 +5,9 @@
         --mu-a 0.5,1.5,4.5 --mu-z 1.5,5,15 --intervals 5,10,20 --smoothing 0.001,0.05 \\
         --out runs/sweep_grape [--jobs 2] [--estimate] [--report-only]
 
-Writes under --out: results/<run>.json (one per run; an interrupted sweep continues from
-them), sweep.json (per grid point: the seed-paired token efficiency vs uniform on the worst
+--noise-seeds 3,4 also runs uniform on seeds 3 and 4, so that uniform's noise floor has more
+seeds than the grid. Writes under --out: results/<run>.json (one per run; an interrupted sweep
+continues from them), sweep.md (the tables), sweep.json (per grid point: the seed-paired token efficiency vs uniform on the worst
 and mean target, with bootstrap intervals, and uniform's noise floor) and the heat-maps
 sensitivity_worst.png / sensitivity_mean.png. Every run of the sweep uses the benchmark
 scale's model, budget and evaluation (megagrape/experiments/benchmark_spec.py).
@@ -40,6 +41,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--corpus", default=None, help="explicit corpus directory")
     parser.add_argument("--scale", default="cpu")
     parser.add_argument("--seeds", default="2", help="a count or a comma-separated list")
+    parser.add_argument(
+        "--noise-seeds",
+        default="",
+        help="extra uniform seeds (comma-separated) that only widen uniform's noise floor",
+    )
     parser.add_argument("--mu-a", default="0.5,1.5,4.5", help="GRAPE mu_a values")
     parser.add_argument("--mu-z", default="1.5,5,15", help="GRAPE mu_z values")
     parser.add_argument("--intervals", default="5,10,20", help="reweighting intervals R")
@@ -67,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         SweepGrid,
         plan_sweep,
         plot_sensitivity,
+        sweep_markdown,
         sweep_table,
     )
     from megagrape.utils.atomic import write_json_atomic
@@ -79,8 +86,10 @@ def main(argv: list[str] | None = None) -> int:
             _floats(args.smoothing),
             args.smoothing_option,
         )
+        noise_seeds = [int(v) for v in args.noise_seeds.split(",") if v.strip()]
         plan = plan_sweep(
             grid,
+            noise_seeds=noise_seeds,
             scale=args.scale,
             preset=args.preset,
             corpus=args.corpus,
@@ -113,13 +122,14 @@ def main(argv: list[str] | None = None) -> int:
         outcome = run_jobs(plan.jobs, workers, threads, progress=not args.quiet)
         results = [outcome.results[j.name] for j in plan.jobs if j.name in outcome.results]
         failures = outcome.failures
-    table = sweep_table(results, grid)
+    table = sweep_table(results, grid, plan.seeds)
     out = Path(bench.out)
     write_json_atomic(out / "sweep.json", {"grid": grid.__dict__, **table})
     for kind in ("worst", "mean"):
         plot_sensitivity(table, grid, out / f"sensitivity_{kind}.png", kind)
+    (out / "sweep.md").write_text(sweep_markdown(table, grid))
     print(json.dumps(table["noise_floor"].get("worst", {}).get("label", "n/a")))
-    print(f"[sweep] wrote {out / 'sweep.json'} and {out}/sensitivity_{{worst,mean}}.png")
+    print(f"[sweep] wrote {out}/sweep.json, sweep.md and sensitivity_{{worst,mean}}.png")
     for name, message in failures.items():
         print(f"[sweep] FAILED {name}: {message}", file=sys.stderr)
     return 1 if failures else 0

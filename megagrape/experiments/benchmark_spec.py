@@ -81,6 +81,7 @@ METHODS: dict[str, MethodSpec] = {
             "gradient",
         ),
         MethodSpec("imtl", {"method": "imtl", "options": {"eps": 0.02}}, "gradient"),
+        MethodSpec("epo", {"method": "epo", "options": {"eps": 0.02}}, "gradient"),
         MethodSpec(
             "hybrid",
             {

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -55,23 +55,39 @@ def point_name(point: Mapping, seed: int) -> str:
 
 @dataclass(frozen=True)
 class SweepPlan:
-    """The uniform jobs of every seed and one GRAPE job per (grid point, seed)."""
+    """The uniform jobs of every seed, one GRAPE job per (grid point, seed), and uniform on
+    the extra ``noise_seeds`` that only widen uniform's noise floor."""
 
     bench: BenchPlan
     grid: SweepGrid
     uniform_jobs: list[RunJob]
     grape_jobs: list[RunJob]
+    noise_jobs: list[RunJob] = field(default_factory=list)
 
     @property
     def jobs(self) -> list[RunJob]:
-        return [*self.uniform_jobs, *self.grape_jobs]
+        return [*self.uniform_jobs, *self.noise_jobs, *self.grape_jobs]
+
+    @property
+    def seeds(self) -> list[int]:
+        """The seeds every grid point runs on."""
+        return list(self.bench.seeds)
 
 
-def plan_sweep(grid: SweepGrid, **bench_kwargs) -> SweepPlan:
-    """``plan_benchmark`` for uniform and GRAPE, then GRAPE repeated over the grid."""
+def plan_sweep(grid: SweepGrid, noise_seeds: Sequence[int] = (), **bench_kwargs) -> SweepPlan:
+    """``plan_benchmark`` for uniform and GRAPE, then GRAPE repeated over the grid; uniform
+    also runs on ``noise_seeds`` (seeds the grid does not use)."""
     bench = plan_benchmark(methods=["uniform", "grape"], **bench_kwargs)
+    shared = sorted(set(noise_seeds) & set(bench.seeds))
+    if shared:
+        raise ValueError(f"--noise-seeds {shared} are sweep seeds already; give other seeds")
     out = bench.out
     uniform_jobs = [bench.job("uniform", seed) for seed in bench.seeds]
+    noise_jobs = []
+    if noise_seeds:
+        kwargs = {**bench_kwargs, "seeds": list(noise_seeds)}
+        noise = plan_benchmark(methods=["uniform"], **kwargs)
+        noise_jobs = [noise.job("uniform", seed) for seed in noise_seeds]
     grape_jobs = []
     for seed in bench.seeds:
         template = bench.job("grape", seed)
@@ -96,13 +112,18 @@ def plan_sweep(grid: SweepGrid, **bench_kwargs) -> SweepPlan:
             )
     for job in grape_jobs:
         job.config()  # every grid point is a valid run before anything starts
-    return SweepPlan(bench, grid, uniform_jobs, grape_jobs)
+    return SweepPlan(bench, grid, uniform_jobs, grape_jobs, noise_jobs)
 
 
-def sweep_table(results: Sequence[Mapping], grid: SweepGrid) -> dict:
-    """Per grid point and summary: per-seed efficiencies vs uniform and their interval; plus
-    uniform's noise floor. Points without a result for every uniform seed are left out."""
-    uniform = {int(r["seed"]): curve_of(r) for r in results if r["method"] == BASELINE}
+def sweep_table(
+    results: Sequence[Mapping], grid: SweepGrid, seeds: Sequence[int] | None = None
+) -> dict:
+    """Per grid point and summary: per-seed efficiencies vs uniform of the same seed and their
+    interval; plus uniform's noise floor over every uniform seed (``seeds``, the grid's seeds,
+    and any noise seeds). Points without a result for every grid seed are left out."""
+    every_uniform = {int(r["seed"]): curve_of(r) for r in results if r["method"] == BASELINE}
+    wanted = set(every_uniform) if seeds is None else set(seeds)
+    uniform = {s: c for s, c in every_uniform.items() if s in wanted}
     rows = []
     for point in grid.points():
         curves = {
@@ -121,7 +142,11 @@ def sweep_table(results: Sequence[Mapping], grid: SweepGrid) -> dict:
                 "interval": bootstrap_interval([e.bound for e in spread.per_seed]).to_dict(),
             }
         rows.append(row)
-    floors = {kind: noise_floor(uniform, kind).to_dict() for kind in SUMMARIES} if uniform else {}
+    floors = (
+        {kind: noise_floor(every_uniform, kind).to_dict() for kind in SUMMARIES}
+        if len(every_uniform) > 1
+        else {}
+    )
     return {"points": rows, "noise_floor": floors, "smoothing_option": grid.smoothing_option}
 
 
@@ -171,3 +196,50 @@ def plot_sensitivity(table: Mapping, grid: SweepGrid, path: Path, kind: str = "w
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _cell(point: Mapping | None, kind: str) -> str:
+    if point is None:
+        return "–"
+    cell = point[kind]
+    missed = len(cell["per_seed"]) - cell["reached"]
+    text = f"{cell['interval']['mean']:.2f}"
+    if len(cell["per_seed"]) > 1:
+        text += f" [{min(cell['per_seed']):.2f}, {max(cell['per_seed']):.2f}]"
+    return text + (f" ({missed} not reached)" if missed else "")
+
+
+def sweep_markdown(table: Mapping, grid: SweepGrid) -> str:
+    """The sweep as Markdown: uniform's noise floor, then one mu_a x mu_z table per
+    (interval, smoothing) of the worst- and mean-target token efficiency (mean [min, max] over
+    seeds; lower is better, 1 = uniform's tokens)."""
+    by_point = {(p["mu_a"], p["mu_z"], p["interval"], p["smoothing"]): p for p in table["points"]}
+    floors = table.get("noise_floor", {})
+    lines = [
+        f"{len(table['points'])} of {len(grid.points())} grid points finished on every seed. "
+        "Cells: tokens GRAPE needs to reach uniform's final loss of the same seed, as a share "
+        "of uniform's (mean [min, max] over seeds; a seed that never reaches it counts as its "
+        "lower bound).",
+        "",
+    ]
+    for kind in SUMMARIES:
+        if kind in floors:
+            lines.append(f"* uniform vs uniform ({kind} target): {floors[kind]['label']}")
+    lines.append("")
+    for interval in grid.intervals:
+        for smoothing in grid.smoothing:
+            for kind in SUMMARIES:
+                lines += [
+                    f"### R = {interval}, {table['smoothing_option']} = {smoothing:g}: {kind} target",
+                    "",
+                    "| mu_a \\ mu_z | " + " | ".join(f"{z:g}" for z in grid.mu_z) + " |",
+                    "|---|" + "---|" * len(grid.mu_z),
+                ]
+                for mu_a in grid.mu_a:
+                    cells = [
+                        _cell(by_point.get((mu_a, mu_z, interval, smoothing)), kind)
+                        for mu_z in grid.mu_z
+                    ]
+                    lines.append(f"| {mu_a:g} | " + " | ".join(cells) + " |")
+                lines.append("")
+    return "\n".join(lines)

@@ -14,7 +14,12 @@ import pytest
 from megagrape.errors import ConfigError
 from megagrape.experiments import runs as bench_runs
 from megagrape.experiments.analysis import analyse
-from megagrape.experiments.benchmark_spec import parse_methods, parse_seeds, plan_benchmark
+from megagrape.experiments.benchmark_spec import (
+    METHODS,
+    parse_methods,
+    parse_seeds,
+    plan_benchmark,
+)
 from megagrape.experiments.efficiency import (
     Curve,
     Spread,
@@ -311,6 +316,23 @@ def test_plan_wires_doremi_to_the_uniform_run_of_its_seed(test_corpus, tmp_path)
             seeds=[1],
             out=tmp_path,
         )
+
+
+def test_every_benchmark_method_plans_a_valid_run(test_corpus, tmp_path):
+    methods = [m for m in METHODS if m != "file"]
+    plan = plan_benchmark(
+        scale="smoke",
+        preset="t",
+        corpus=str(test_corpus),
+        methods=methods,
+        seeds=[1],
+        out=tmp_path,
+    )
+    engine_methods = {j.name: j.config().mixture.method for j in plan.jobs}
+    assert engine_methods["epo-s1"] == "epo" and engine_methods["hybrid-s1"] == "mgda"
+    assert set(engine_methods.values()) == {
+        "static", "doge", "doremi", "odm", "mgda", "imtl", "epo", "grape"
+    }  # fmt: skip
 
 
 def test_smoke_benchmark_end_to_end(test_corpus, tmp_path):
