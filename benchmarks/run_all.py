@@ -319,7 +319,7 @@ def study_section(study: Study, folder: Path) -> list[str]:
     lines = text.splitlines()
     if lines and lines[0].startswith("# "):
         lines = lines[1:]  # the report's own title: this page's section heading replaces it
-    body = [("##" + line if line.startswith("#") else line) for line in lines]
+    body = [("#" + line if line.startswith("##") else line) for line in lines]
     intro = [f"`{study.command}`"]
     runs_file = folder / "results.json"
     if runs_file.exists():

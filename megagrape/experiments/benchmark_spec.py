@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +136,20 @@ class Scale:
         return self.train_iters // self.eval_points
 
 
+_CPU_MODEL = (
+    "model.num_layers=2",
+    "model.hidden_size=128",
+    "model.num_attention_heads=4",
+)
+_CPU_2X_MODEL = (
+    "model.num_layers=4",
+    "model.hidden_size=192",
+    "model.num_attention_heads=6",
+)
+"""The cpu-2x model: 3.35M parameters (tied embedding 1.57M + 4 layers 1.78M) against the cpu
+model's 1.45M (1.05M + 0.40M), i.e. 2.3x (2.35x the FLOPs per token), with the same head
+width (32) and twice the depth."""
+
 SCALES: dict[str, Scale] = {
     scale.name: scale
     for scale in (
@@ -143,9 +157,7 @@ SCALES: dict[str, Scale] = {
             name="cpu",
             base_config=None,
             overrides=(
-                "model.num_layers=2",
-                "model.hidden_size=128",
-                "model.num_attention_heads=4",
+                *_CPU_MODEL,
                 "model.seq_length=128",
                 "model.position_embedding=rope",
                 "train.global_batch_size=16",
@@ -213,6 +225,15 @@ SCALES: dict[str, Scale] = {
         ),
     )
 }
+
+
+SCALES["cpu-2x"] = replace(
+    SCALES["cpu"],
+    name="cpu-2x",
+    overrides=(*SCALES["cpu"].overrides, *_CPU_2X_MODEL),  # later overrides win
+    seconds=None,  # not measured yet
+)
+"""The cpu scale's budget and evaluation on a 2.3x larger model: the two-stage transfer's target."""
 
 
 def parse_seeds(text: str, start: int = 1) -> list[int]:
@@ -406,8 +427,6 @@ def plan_benchmark(
         raise ConfigError(f"--scale {scale!r}: choose from {', '.join(SCALES)}")
     chosen = SCALES[scale]
     if train_iters is not None or eval_points is not None:
-        from dataclasses import replace
-
         chosen = replace(
             chosen,
             train_iters=train_iters or chosen.train_iters,

@@ -242,7 +242,7 @@ def study_markdown(table: Mapping) -> str:
     descriptions = {c["name"]: c["description"] for c in table["conditions"]}
     for scaling, block in table["scalings"].items():
         lines += [
-            f"### gradient_scaling: {scaling}",
+            f"## gradient_scaling: {scaling}",
             "",
             f"Seed noise (TV between two seeds' average α, base condition): "
             f"{_fmt(block['seed_noise_tv'])}; largest TV to base: {_fmt(block['max_tv_to_base'])}; "

@@ -230,7 +230,7 @@ def sweep_markdown(table: Mapping, grid: SweepGrid) -> str:
         for smoothing in grid.smoothing:
             for kind in SUMMARIES:
                 lines += [
-                    f"### R = {interval}, {table['smoothing_option']} = {smoothing:g}: {kind} target",
+                    f"## R = {interval}, {table['smoothing_option']} = {smoothing:g}: {kind} target",
                     "",
                     "| mu_a \\ mu_z | " + " | ".join(f"{z:g}" for z in grid.mu_z) + " |",
                     "|---|" + "---|" * len(grid.mu_z),

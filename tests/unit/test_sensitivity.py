@@ -81,7 +81,7 @@ def test_table_and_heat_maps_from_results(tmp_path):
     assert len(table["noise_floor"]["worst"]["pairs"]) == 6  # ordered pairs of seeds 1, 2, 3
     assert all(len(p["worst"]["per_seed"]) == 2 for p in table["points"])
     text = sweep_markdown(table, GRID)
-    assert "3 of 4 grid points" in text and "### R = 2, eps_a = 0.001: worst target" in text
+    assert "3 of 4 grid points" in text and "## R = 2, eps_a = 0.001: worst target" in text
     # uniform seed 2 ends at 6 - 0.22 * 5 = 4.9, which slope 0.4 reaches at t = 2.75
     per_seed = fast["worst"]["per_seed"]
     assert per_seed == pytest.approx([2.625 / 5, 2.75 / 5])
