@@ -282,6 +282,15 @@ STUDIES = (
         "results.md",
     ),
     Study(
+        "mixture_reasoning_raw",
+        "Mixture quality: reasoning preset, GRAPE with raw gradient products (the default before "
+        "cosine)",
+        "python tools/bench_mixture.py --methods uniform,grape "
+        "--method-override grape:mixture.options.gradient_scaling=raw "
+        "--out benchmarks/results/mixture_reasoning_raw",
+        "results.md",
+    ),
+    Study(
         "mixture_multilingual",
         "Mixture quality: multilingual preset (held-out LM-text targets)",
         "python tools/bench_mixture.py --preset multilingual --methods uniform,grape "

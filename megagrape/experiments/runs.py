@@ -34,7 +34,7 @@ import numpy as np
 from megagrape.utils.atomic import write_json_atomic
 from megagrape.utils.jsonl import read_jsonl
 
-RESULT_VERSION = 1
+RESULT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -65,11 +65,14 @@ class RunJob:
         return cfg
 
     def fingerprint(self) -> str:
-        """sha256 of the resolved run config and the DeepSpeed config: a result is reused only
-        when both are unchanged. Where the run writes (``output_dir``, ``data.cache_dir``) and
+        """sha256 of the resolved run config (method options completed by their defaults) and
+        the DeepSpeed config: a result is reused only when both are unchanged. Where the run writes (``output_dir``, ``data.cache_dir``) and
         how it logs are left out, so finished results copied to another folder (committed
         with the repository, say) are still found by a rerun there."""
-        config = self.config().to_dict()
+        from megagrape.config import resolved_dict
+
+        # resolved: a run made before a method default changed is not reused after it
+        config = resolved_dict(self.config())
         config.pop("output_dir", None)
         config.pop("logging", None)
         config.get("data", {}).pop("cache_dir", None)

@@ -404,3 +404,27 @@ def test_a_result_is_found_again_from_another_output_folder(test_corpus, tmp_pat
     assert job(tmp_path / "a", "logging.interval=1").fingerprint() == here.fingerprint()
     assert job(tmp_path / "a", "train.lr=1e-3").fingerprint() != here.fingerprint()
     assert job(tmp_path / "a", "targets.eval_max_items=3").fingerprint() != here.fingerprint()
+
+
+def test_a_result_is_not_reused_after_a_method_default_changes(test_corpus, tmp_path):
+    """The fingerprint sees method options completed by their defaults: spelling a default out
+    changes nothing, and a run made under another default (raw products before GRAPE's default
+    became cosine) is not taken for a run of the new one."""
+
+    def job(*method_overrides):
+        plan = plan_benchmark(
+            scale="smoke",
+            preset="t",
+            corpus=str(test_corpus),
+            methods=["uniform", "grape"],
+            seeds=[1],
+            out=tmp_path,
+            method_overrides={"grape": method_overrides},
+        )
+        return plan.job("grape", 1)
+
+    default = job()
+    cosine = job("mixture.options.gradient_scaling=cosine")
+    raw = job("mixture.options.gradient_scaling=raw")
+    assert default.fingerprint() == cosine.fingerprint()
+    assert default.fingerprint() != raw.fingerprint()

@@ -146,7 +146,10 @@ def test_doge_cosine_scores_are_cosines():
 
 def test_needs_and_option_checks():
     base = {"domain_target_gram", "target_losses"}
-    assert grape().needs == base
+    assert (
+        grape().options.gradient_scaling == "cosine"
+    )  # the default (study: docs/grape_settings.md)
+    assert grape(gradient_scaling="raw").needs == base
     assert grape(gradient_scaling="clip").needs == base | {"domain_sq_norms", "target_gram"}
     assert grape(gradient_scaling="cosine").needs == base | {"domain_sq_norms", "target_gram"}
     assert doge().needs == {"domain_target_gram", "domain_gram"}
@@ -233,6 +236,6 @@ def test_overflowing_step_skips_grape():
         lr=1e-3,
         domain_target_gram=torch.tensor([[1e307, 0.0], [0.0, 0.0], [0.0, 1e307]], dtype=F64),
     )
-    update = grape(target_gradient="plain", mu_z=1e3).update(obs)
+    update = grape(target_gradient="plain", mu_z=1e3, gradient_scaling="raw").update(obs)
     assert update.skipped is not None and "task step mu_z * roi" in update.skipped
     assert update.task_weights.tolist() == [0.5, 0.5]

@@ -15,6 +15,9 @@ TASKS = ["piqa", "arc"]
 
 
 def grape(**options):
+    """GRAPE with raw products unless told otherwise: these tests check the update rule on
+    explicit Gram matrices (test_mixture_gradient_scaling.py checks the scalings)."""
+    options.setdefault("gradient_scaling", "raw")
     return build_method("grape", options, DOMAINS, TASKS, None, None)
 
 
@@ -48,7 +51,14 @@ def reference_step(alpha, z, gram, losses, mu_a, mu_z, eps_a, eps_z):
 
 
 def test_single_task_update_matches_closed_form():
-    method = build_method("grape", {"mu_a": 2.0, "eps_a": 0.0}, ["a", "b"], ["t"], None, None)
+    method = build_method(
+        "grape",
+        {"mu_a": 2.0, "eps_a": 0.0, "gradient_scaling": "raw"},
+        ["a", "b"],
+        ["t"],
+        None,
+        None,
+    )
     update = method.update(
         Observation(
             step=1,
@@ -100,7 +110,12 @@ def test_domain_aligned_with_prioritised_task_gains_weight():
 @pytest.mark.parametrize("eps_a, recovers", [(1e-2, True), (0.0, False)])
 def test_zero_weight_domain_recovers_only_with_smoothing(eps_a, recovers):
     method = build_method(
-        "grape", {"eps_a": eps_a}, DOMAINS, TASKS, torch.tensor([0.5, 0.5, 0.0]), None
+        "grape",
+        {"eps_a": eps_a, "gradient_scaling": "raw"},
+        DOMAINS,
+        TASKS,
+        torch.tensor([0.5, 0.5, 0.0]),
+        None,
     )
     # "books" is the most useful domain for both tasks.
     gram = [[0.0, 0.0], [0.0, 0.0], [1.0, 1.0]]
