@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         plan_benchmark,
     )
     from megagrape.experiments.report import markdown, write_outputs
-    from megagrape.experiments.runs import load_result, run_jobs
+    from megagrape.experiments.runs import finished_or_run, load_result
 
     try:
         methods = parse_methods(args.methods)
@@ -203,16 +203,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.estimate:
         return 0
     started = time.perf_counter()
-    if args.report_only:
-        results = {
-            j.name: r for j in plan.jobs if (r := load_result(j, j.fingerprint())) is not None
-        }
-        failures = {}
-    else:
-        outcome = run_jobs(plan.jobs, workers, threads, progress=not args.quiet)
-        results, failures = outcome.results, outcome.failures
+    ordered, failures = finished_or_run(
+        plan.jobs, workers, threads, report_only=args.report_only, progress=not args.quiet
+    )
     wall = None if args.report_only else time.perf_counter() - started
-    ordered = [results[j.name] for j in plan.jobs if j.name in results]
     analysis = analyse(ordered, plan.methods)
     settings = _settings(plan, workers, threads, wall, estimate)
     timing = {

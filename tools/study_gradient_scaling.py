@@ -52,7 +52,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     from megagrape.experiments.benchmark_spec import SCALES
-    from megagrape.experiments.runs import load_result, run_jobs
+    from megagrape.experiments.runs import finished_or_run, load_result
     from megagrape.experiments.scaling_study import (
         plan_study,
         plot_movement,
@@ -82,13 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     threads = scale.threads if args.threads is None else args.threads
     todo = [j for j in plan.jobs if load_result(j, j.fingerprint()) is None]
     print(f"[study] {len(plan.jobs)} runs, {len(todo)} to run", flush=True)
-    failures: dict[str, str] = {}
-    if args.report_only:
-        results = [r for j in plan.jobs if (r := load_result(j, j.fingerprint())) is not None]
-    else:
-        outcome = run_jobs(plan.jobs, workers, threads, progress=not args.quiet)
-        results = [outcome.results[j.name] for j in plan.jobs if j.name in outcome.results]
-        failures = outcome.failures
+    results, failures = finished_or_run(
+        plan.jobs, workers, threads, report_only=args.report_only, progress=not args.quiet
+    )
     table = study_table(results, plan)
     out = Path(plan.out)
     write_json_atomic(out / "study.json", table)

@@ -68,7 +68,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     from megagrape.experiments.benchmark_spec import estimate_seconds, parse_seeds
-    from megagrape.experiments.runs import load_result, run_jobs
+    from megagrape.experiments.runs import finished_or_run, load_result
     from megagrape.experiments.sensitivity import (
         SweepGrid,
         plan_sweep,
@@ -115,13 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.estimate:
         return 0
-    failures = {}
-    if args.report_only:
-        results = [r for j in plan.jobs if (r := load_result(j, j.fingerprint())) is not None]
-    else:
-        outcome = run_jobs(plan.jobs, workers, threads, progress=not args.quiet)
-        results = [outcome.results[j.name] for j in plan.jobs if j.name in outcome.results]
-        failures = outcome.failures
+    results, failures = finished_or_run(
+        plan.jobs, workers, threads, report_only=args.report_only, progress=not args.quiet
+    )
     table = sweep_table(results, grid, plan.seeds)
     out = Path(bench.out)
     write_json_atomic(out / "sweep.json", {"grid": grid.__dict__, **table})

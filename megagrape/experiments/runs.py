@@ -339,3 +339,15 @@ def run_jobs(
     finally:
         bar.close()
     return outcome
+
+
+def finished_or_run(
+    jobs: Sequence[RunJob], workers: int, threads: int, *, report_only: bool, progress: bool
+) -> tuple[list[dict], dict[str, str]]:
+    """The results of ``jobs`` in job order and the failures by run name: with
+    ``report_only`` only the runs already finished (nothing runs), else after ``run_jobs``."""
+    if report_only:
+        found = [load_result(j, j.fingerprint()) for j in jobs]
+        return [r for r in found if r is not None], {}
+    outcome = run_jobs(jobs, workers, threads, progress=progress)
+    return [outcome.results[j.name] for j in jobs if j.name in outcome.results], outcome.failures

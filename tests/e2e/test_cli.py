@@ -143,7 +143,10 @@ def test_preflight_accepts_a_good_launch_and_describes_it(test_corpus, tmp_path)
     assert plan.targets == ["legal_cloze", "prose_cloze"]
     assert (plan.data_parallel, plan.gradient_accumulation, plan.zero_stage) == (2, 2, 2)
     assert plan.capture_mode == "probe"
-    assert plan.method_needs == ["domain_target_gram", "target_losses"]
+    # GRAPE's default cosine products also need the gradient norms
+    assert plan.method_needs == [
+        "domain_sq_norms", "domain_target_gram", "target_gram", "target_losses"
+    ]  # fmt: skip
     text = plan.describe()
     assert "world 2 = DP 2 x TP 1 x PP 1" in text and "legal_cloze" in text
 
@@ -266,7 +269,8 @@ def test_list_methods_shows_needs_options_and_defaults():
     assert result.returncode == 0, result.stderr[-2000:]
     for name in KNOWN_METHODS:
         assert f"\n{name} " in "\n" + result.stdout
-    assert "needs: domain_target_gram, target_losses" in result.stdout  # grape's line
+    grape_line = "needs: domain_sq_norms, domain_target_gram, target_gram, target_losses"
+    assert grape_line in result.stdout
 
     detail, _ = run_cli("--list-methods", "grape")
     assert detail.returncode == 0

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
+import runpy
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +21,7 @@ from megagrape.experiments.scaling_study import (
     total_variation,
 )
 
+REPO = Path(__file__).resolve().parents[2]
 CONDITIONS = (
     Condition("base", "base"),
     Condition("lr-low", "low lr", ("train.lr=1e-3", "train.min_lr=1e-4")),
@@ -125,3 +129,18 @@ def test_table_ratios_distances_noise_and_efficiency(test_corpus, tmp_path):
     text = study_markdown(table)
     assert "| low lr | 0.2000 | 4.00 |" in text
     assert plot_movement(results, plan, tmp_path / "m.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_the_study_tool_runs_reports_and_resumes(test_corpus, tmp_path):
+    tool = runpy.run_path(str(REPO / "tools/study_gradient_scaling.py"), run_name="study_tool")
+    argv = ["--scale", "smoke", "--corpus", str(test_corpus), "--scalings", "raw"]
+    argv += ["--train-iters", "8", "--eval-points", "4", "--out", str(tmp_path)]
+    assert tool["main"]([*argv, "--jobs", "0", "--quiet"]) == 0
+    assert len(list((tmp_path / "results").glob("*.json"))) == 10  # 5 runs x (uniform, raw)
+    table = json.loads((tmp_path / "study.json").read_text())
+    assert [r["condition"] for r in table["scalings"]["raw"]["rows"]] == [
+        "base", "lr5e-4", "L4", "L4-lr5e-4"
+    ]  # fmt: skip
+    assert (tmp_path / "alpha_movement.png").stat().st_size > 5_000
+    assert tool["main"]([*argv, "--report-only"]) == 0
