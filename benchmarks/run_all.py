@@ -230,7 +230,74 @@ def event_section(record: dict) -> list[str]:
         "backward over N x targets.signal_batch_size items, so relative to a step they cost "
         "about N x signal_batch_size / global_batch_size: large for this 16-sequence batch, "
         "small for a real global batch of hundreds of sequences.",
+        "",
+        *projection_lines(record),
     ]
+
+
+GPU_SCALE_CONFIG = "configs/reasoning.yaml"
+GPU_MFU, GPU_BANDWIDTH_USE = 0.4, 0.8
+
+
+def projection_lines(record: dict) -> list[str]:
+    """The measured event projected to the gpu scale (configs/reasoning.yaml, the reasoning
+    preset's K and N): on a machine with this record's FLOPs per byte, and on an H100."""
+    from megagrape.config import load_config
+    from megagrape.data.corpus.presets import get_preset
+    from megagrape.experiments.event_projection import (
+        H100_SXM_BF16_FLOPS,
+        H100_SXM_BYTES_PER_S,
+        device_balance,
+        measured_from_bench_gram,
+        project_event,
+        shape_from_config,
+    )
+
+    event_cfg = load_config(
+        ROOT / command_option(record["command"], "--event-config", EVENT_CONFIG)
+    )
+    measured = measured_from_bench_gram(
+        record["result"], event_cfg.model.flops_per_token(), event_cfg.targets.signal_batch_size
+    )
+    preset = get_preset("reasoning")
+    gpu = shape_from_config(
+        load_config(ROOT / GPU_SCALE_CONFIG), len(preset.domains), len(preset.targets)
+    )
+    h100 = device_balance(H100_SXM_BF16_FLOPS, GPU_MFU, H100_SXM_BYTES_PER_S, GPU_BANDWIDTH_USE)
+    balances = [("this machine's balance", measured.balance)]
+    if record["machine"]["device"] == "cpu":
+        balances.append(
+            (f"H100 (MFU {GPU_MFU:.0%}, {GPU_BANDWIDTH_USE:.0%} of HBM bandwidth)", h100)
+        )
+    lines = [
+        f"**Projected to the gpu scale** (`{GPU_SCALE_CONFIG}`: {gpu.parameters / 1e6:.0f}M "
+        f"parameters, K={gpu.domains}, N={gpu.targets}, global batch {gpu.global_batch_size} x "
+        f"{gpu.seq_length}, signal batch {gpu.signal_batch_size}, R={gpu.interval}), with "
+        "`megagrape/experiments/event_projection.py`: the target gradients scale with "
+        "N x signal_batch_size / global_batch_size (compute-bound, like the step); the rest "
+        "with the bytes of the K + N gradients over the step's FLOPs, times the machine's "
+        f"FLOPs per byte (this machine: {measured.balance:.1f}, from its step FLOP/s and fp32 "
+        "Gram bandwidth). A projection, not a measurement: the GPU check measures it.",
+        "",
+        "| machine balance | target gradients | rest | event / plain step | amortised over R |",
+        "|---|---|---|---|---|",
+    ]
+    for label, balance in balances:
+        p = project_event(measured, gpu, balance)
+        lines.append(
+            f"| {label}: {balance:.1f} FLOPs/B | {p.target_steps:.2f} | {p.rest_steps:.2f} | "
+            f"**{p.event_steps:.2f}** | {p.overhead:.1%} |"
+        )
+    return lines
+
+
+EVENT_CONFIG = "configs/quickstart.yaml"
+
+
+def command_option(command: str, option: str, default: str) -> str:
+    """The value of ``option`` in a recorded shell command, or ``default`` when it is absent."""
+    words = shlex.split(command)
+    return words[words.index(option) + 1] if option in words[:-1] else default
 
 
 def step_section(record: dict) -> list[str]:
@@ -278,7 +345,11 @@ STUDIES = (
     Study(
         "mixture_reasoning",
         "Mixture quality: reasoning preset (multiple-choice targets)",
-        "python tools/bench_mixture.py --out benchmarks/results/mixture_reasoning",
+        "python tools/bench_mixture.py --methods uniform,doge,grape --seeds 5 "
+        "--out benchmarks/results/mixture_reasoning; python tools/bench_mixture.py "
+        "--methods uniform,natural,doremi,odm,mgda,imtl,epo,hybrid,file --seeds 3 "
+        "--weights-file benchmarks/results/regmix_reasoning/regmix_weights.json "
+        "--out benchmarks/results/mixture_reasoning",
         "results.md",
     ),
     Study(
@@ -302,6 +373,16 @@ STUDIES = (
         "GRAPE gradient scaling: one setting on two model sizes and two learning rates",
         "python tools/study_gradient_scaling.py",
         "study.md",
+    ),
+    Study(
+        "transfer_reasoning",
+        "Two-stage transfer: the proxy's average GRAPE mixture on a 2.3x larger model",
+        "python tools/proxy_mixture.py --proxy benchmarks/results/mixture_reasoning "
+        "--out benchmarks/results/transfer_reasoning/proxy_mixture.json && "
+        "python tools/bench_mixture.py --scale cpu-2x --methods uniform,file "
+        "--weights-file benchmarks/results/transfer_reasoning/proxy_mixture.json "
+        "--out benchmarks/results/transfer_reasoning",
+        "results.md",
     ),
     Study(
         "sweep_grape",
