@@ -120,6 +120,10 @@ class TargetsConfig:
     """At most this many eval items per task per evaluation."""
     eval_batch_size: int = 16
     """Per-choice sequences per forward pass during evaluation."""
+    eval_split: str = "eval"
+    """Which half of each task's items evaluation scores: eval (the held-out half) or signal
+    (the half the mixture methods learn from; for a mixture search such as RegMix's proxies,
+    which must not choose on the items a benchmark reports)."""
     eval_mode: str = "full"
     """full: acc, acc_norm and loss at every evaluation; loss: only the gold continuation's loss
     at interval evaluations (4x cheaper with 4 choices), full scores at the end of the run."""
@@ -136,6 +140,12 @@ class TargetsConfig:
             _require(value >= 1, f"targets.{name}", value, "allowed: an integer >= 1")
         _require(
             self.eval_interval >= 0, "targets.eval_interval", self.eval_interval, "allowed: >= 0"
+        )
+        _require(
+            self.eval_split in ("eval", "signal"),
+            "targets.eval_split",
+            self.eval_split,
+            "allowed: eval or signal",
         )
         _require(
             self.eval_mode in ("full", "loss"),

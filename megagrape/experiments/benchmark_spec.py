@@ -369,13 +369,22 @@ def run_name(method: str, seed: int) -> str:
     return f"{method}-s{seed}"
 
 
-def method_mixture(method: str, scale: Scale, weights_file: str | None = None) -> dict[str, Any]:
-    """The mixture section of ``method`` at ``scale`` (interval and options filled in)."""
+def method_mixture(
+    method: str, scale: Scale, weights_file: str | None = None, seed: int | None = None
+) -> dict[str, Any]:
+    """The mixture section of ``method`` at ``scale`` (interval and options filled in).
+
+    A ``weights_file`` containing ``{seed}`` names one file per seed (RegMix run once per
+    seed, each searched on its own seed's signal items): the seed is put in its place."""
     spec = METHODS[method]
     mixture = _deep_update(spec.mixture, {"options": scale.method_options.get(method, {})})
     if method == "file":
         if not weights_file:
             raise ConfigError("method file needs a weights file: pass --weights-file PATH")
+        if "{seed}" in weights_file:
+            if seed is None:
+                raise ConfigError(f"--weights-file {weights_file}: '{{seed}}' needs a seed")
+            weights_file = weights_file.replace("{seed}", str(seed))
         path = Path(weights_file).resolve()
         if not path.is_file():
             raise ConfigError(f"--weights-file {path}: no such file")
@@ -447,7 +456,7 @@ def plan_benchmark(
     for seed in seeds:
         for method in methods:
             spec = METHODS[method]
-            mixture = method_mixture(method, chosen, weights_file)
+            mixture = method_mixture(method, chosen, weights_file, seed)
             mixture_overrides = [
                 f"mixture.{key}={yaml_value(value)}" for key, value in mixture.items()
             ]

@@ -4,6 +4,12 @@ A proxy is a ``RunJob`` with ``mixture.method=static`` and inline weights, at a 
 scale with its own (short) step count and RegMix's constant learning rate after warmup. Its
 objective is read from the result's final evaluation: the mean or worst gold-continuation
 loss over the targets, or one target's loss.
+
+Proxies evaluate with ``targets.eval_split=signal``: they score the signal half of each
+target (for their seed's split), the half a mixture method such as GRAPE learns from, so the
+mixture RegMix chooses for seed s never saw the held-out items that seed s's benchmark runs
+report. A benchmark over several seeds therefore runs RegMix once per seed (``--seed s``) and
+gives each seed its own weights file (``bench_mixture.py --weights-file 'DIR/s{seed}/...'``).
 """
 
 from __future__ import annotations
@@ -75,6 +81,7 @@ def plan_proxies(
         (
             "train.lr_decay_style=constant",
             f"train.lr_warmup_iters={warmup_iters}",
+            "targets.eval_split=signal",
             *overrides,
         ),
     )

@@ -34,7 +34,7 @@ import numpy as np
 from megagrape.utils.atomic import write_json_atomic
 from megagrape.utils.jsonl import read_jsonl
 
-RESULT_VERSION = 2
+RESULT_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -66,22 +66,46 @@ class RunJob:
 
     def fingerprint(self) -> str:
         """sha256 of the resolved run config (method options completed by their defaults) and
-        the DeepSpeed config: a result is reused only when both are unchanged. Where the run writes (``output_dir``, ``data.cache_dir``) and
-        how it logs are left out, so finished results copied to another folder (committed
-        with the repository, say) are still found by a rerun there."""
-        from megagrape.config import resolved_dict
+        the DeepSpeed config: a result is reused only when both are unchanged.
 
-        # resolved: a run made before a method default changed is not reused after it
+        * Fields at their RunConfig default are left out, so a field added later with a
+          default that keeps the old behaviour does not orphan the results made before it.
+          Method options are always completed by the method's defaults, so a run made before a
+          method default changed is not reused after it; a changed RunConfig default needs
+          RESULT_VERSION raised.
+        * Where the run writes (``output_dir``, ``data.cache_dir``) and how it logs are left
+          out, so finished results copied to another folder (committed with the repository,
+          say) are still found by a rerun there.
+        """
+        from megagrape.config import RunConfig, resolved_dict
+
         config = resolved_dict(self.config())
         config.pop("output_dir", None)
         config.pop("logging", None)
         config.get("data", {}).pop("cache_dir", None)
         payload = {
-            "config": config,
+            "config": without_defaults(config, RunConfig().to_dict()),
             "ds_config": Path(self.ds_config).read_text(),
             "version": RESULT_VERSION,
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def without_defaults(values: dict, defaults: dict) -> dict:
+    """``values`` less every entry equal to ``defaults``' (recursively into dicts both have)."""
+    kept = {}
+    for key, value in values.items():
+        default = defaults.get(key, _ABSENT)
+        if isinstance(value, dict) and isinstance(default, dict):
+            nested = without_defaults(value, default)
+            if nested:
+                kept[key] = nested
+        elif value != default:
+            kept[key] = value
+    return kept
+
+
+_ABSENT = object()
 
 
 def load_result(job: RunJob, fingerprint: str) -> dict | None:

@@ -29,7 +29,7 @@ from megagrape.experiments.efficiency import (
     token_efficiency,
 )
 from megagrape.experiments.report import write_outputs
-from megagrape.experiments.runs import RunJob, run_jobs
+from megagrape.experiments.runs import RunJob, run_jobs, without_defaults
 from megagrape.utils.atomic import write_json_atomic
 
 REPO = Path(__file__).resolve().parents[2]
@@ -404,6 +404,18 @@ def test_a_result_is_found_again_from_another_output_folder(test_corpus, tmp_pat
     assert job(tmp_path / "a", "logging.interval=1").fingerprint() == here.fingerprint()
     assert job(tmp_path / "a", "train.lr=1e-3").fingerprint() != here.fingerprint()
     assert job(tmp_path / "a", "targets.eval_max_items=3").fingerprint() != here.fingerprint()
+    # A config field at its default is left out of the hash, so a field added to RunConfig
+    # later (with a default that keeps the old behaviour) does not orphan finished results;
+    # setting it to anything else does change the fingerprint.
+    assert job(tmp_path / "a", "targets.eval_split=eval").fingerprint() == here.fingerprint()
+    assert job(tmp_path / "a", "targets.eval_split=signal").fingerprint() != here.fingerprint()
+
+
+def test_without_defaults_drops_exactly_the_default_entries():
+    values = {"a": 1, "b": {"c": 2, "d": 3}, "e": {"f": 4}, "options": {"mu": 1.5}}
+    defaults = {"a": 1, "b": {"c": 2, "d": 0}, "e": {"f": 4}, "options": {}}
+    assert without_defaults(values, defaults) == {"b": {"d": 3}, "options": {"mu": 1.5}}
+    assert without_defaults({"x": None}, {}) == {"x": None}  # absent from defaults: kept
 
 
 def test_a_result_is_not_reused_after_a_method_default_changes(test_corpus, tmp_path):
@@ -428,3 +440,28 @@ def test_a_result_is_not_reused_after_a_method_default_changes(test_corpus, tmp_
     raw = job("mixture.options.gradient_scaling=raw")
     assert default.fingerprint() == cosine.fingerprint()
     assert default.fingerprint() != raw.fingerprint()
+
+
+def test_a_weights_file_with_seed_gives_each_seed_its_own_mixture(test_corpus, tmp_path):
+    """RegMix runs once per seed (searched on that seed's signal items); '{seed}' in
+    --weights-file hands seed s the file of seed s, and a seed without one is refused."""
+    for seed, weights in ((1, [0.2, 0.3, 0.5]), (2, [0.6, 0.3, 0.1])):
+        (tmp_path / f"s{seed}").mkdir()
+        (tmp_path / f"s{seed}" / "w.json").write_text(json.dumps(weights))
+
+    def plan(seeds):
+        return plan_benchmark(
+            scale="smoke",
+            preset="t",
+            corpus=str(test_corpus),
+            methods=["uniform", "file"],
+            seeds=seeds,
+            out=tmp_path / "out",
+            weights_file=str(tmp_path / "s{seed}" / "w.json"),
+        )
+
+    chosen = plan([1, 2])
+    paths = {s: chosen.job("file", s).config().mixture.options["path"] for s in (1, 2)}
+    assert paths == {s: str((tmp_path / f"s{s}" / "w.json").resolve()) for s in (1, 2)}
+    with pytest.raises(ConfigError, match=r"s3/w\.json: no such file"):
+        plan([3])

@@ -58,6 +58,10 @@ def test_wrong_types_name_the_field():
         ("mixture.interval=0", r"mixture.interval=0"),
         ("data.budget_factor=1.5", r"data.budget_factor=1.5"),
         ("targets.eval_fraction=1.0", r"targets.eval_fraction=1.0"),
+        (
+            "targets.eval_split=test",
+            r"targets.eval_split='test' is not allowed; allowed: eval or signal",
+        ),
     ],
 )
 def test_range_errors(override, message):

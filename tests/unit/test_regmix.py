@@ -158,6 +158,7 @@ def test_proxy_jobs_are_static_inline_mixtures(test_corpus, tmp_path):
     assert cfg.mixture.method == "static"
     assert cfg.mixture.options["weights"] == [0.1, 0.1, 0.8]
     assert cfg.train.train_iters == 6 and cfg.train.lr_decay_style == "constant"
+    assert cfg.targets.eval_split == "signal"  # never chooses on the items a benchmark reports
     assert cfg.targets.eval_interval == 6
     same = plan_proxies(
         mixtures=mixtures,

@@ -69,6 +69,35 @@ def test_split_is_deterministic_and_complete(mc_task, tokenizer, tmp_path):
     assert {i.id for i in other_seed.eval_items} != {i.id for i in mc_task.eval_items}
 
 
+def test_eval_split_signal_scores_the_signal_half_and_never_the_held_out_one(
+    mc_task, tokenizer, tmp_path
+):
+    """RegMix's proxies choose a mixture with eval_split=signal: what they score must be the
+    items a mixture method learns from, none of the held-out items a benchmark reports."""
+    path = write_jsonl(tmp_path / "capitals.jsonl", mc_records())
+    searched = load_target("capitals", path, tokenizer, 0.5, seed=1, eval_split="signal")
+    assert [i.id for i in searched.eval_items] == [i.id for i in mc_task.signal_items]
+    assert not {i.id for i in searched.eval_items} & {i.id for i in mc_task.eval_items}
+    requests = searched.eval_requests(seq_length=64)
+    assert {r.item_index for r in requests} == set(range(len(mc_task.signal_items)))
+    assert len(requests) == sum(len(i.choices) for i in mc_task.signal_items)
+    texts = synthetic_texts(30, seed=7)
+    lm_path = write_jsonl(
+        tmp_path / "lm.jsonl", ({"id": f"d{i}", "text": t} for i, t in enumerate(texts))
+    )
+    held = load_target("lm", lm_path, tokenizer, 0.5, seed=3, lm_stride=8)
+    lm_searched = load_target(
+        "lm", lm_path, tokenizer, 0.5, seed=3, lm_stride=8, eval_split="signal"
+    )
+    signal_stream = np.concatenate(
+        [[*tokenizer.encode(d.text), tokenizer.eod] for d in held.signal_items]
+    )
+    labels = np.concatenate([r.labels for r in lm_searched.eval_requests(seq_length=16)])
+    assert np.array_equal(labels, signal_stream[1:])
+    with pytest.raises(DataError, match="eval_split"):
+        load_target("capitals", path, tokenizer, 0.5, seed=1, eval_split="test")
+
+
 def test_signal_batch_masks_only_the_gold_continuation(mc_task, tokenizer):
     indices = np.arange(len(mc_task.signal_items))
     batch = mc_task.signal_batch(indices, seq_length=48)
