@@ -346,9 +346,11 @@ STUDIES = (
         "mixture_reasoning",
         "Mixture quality: reasoning preset (multiple-choice targets)",
         "python tools/bench_mixture.py --methods uniform,doge,grape --seeds 5 "
-        "--out benchmarks/results/mixture_reasoning; python tools/bench_mixture.py "
+        "--out benchmarks/results/mixture_reasoning; for s in 1 2 3; do python tools/regmix.py "
+        "--preset reasoning --seed $s --out benchmarks/results/regmix_reasoning/s$s; done; "
+        "python tools/bench_mixture.py "
         "--methods uniform,natural,doremi,odm,mgda,imtl,epo,hybrid,file --seeds 3 "
-        "--weights-file benchmarks/results/regmix_reasoning/regmix_weights.json "
+        "--weights-file 'benchmarks/results/regmix_reasoning/s{seed}/regmix_weights.json' "
         "--out benchmarks/results/mixture_reasoning",
         "results.md",
     ),
